@@ -1,0 +1,104 @@
+"""Language-model data for the pretrain and SFT stages: tokenise, mask, pad, batch.
+
+Over-long policy (paper: prompts over 1k tokens are dropped, responses capped at 1k):
+examples whose prompt exceeds ``max_prompt_tokens`` are dropped; responses longer than
+``max_response_tokens`` are truncated (their EOS is lost, so the model learns no false end).
+Both are counted and logged, never silent.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from rlhf.data.formats import read_jsonl
+from rlhf.models.tokenizer import encode_pair
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+
+
+@dataclass
+class Counts:
+    kept: int = 0
+    dropped_long_prompt: int = 0
+    truncated_response: int = 0
+
+
+def encode_texts(records, tok, max_tokens: int, counts: Counts) -> list[dict]:
+    """Pretraining: every token of ``text + EOS`` carries loss; longer texts are cut."""
+    out = []
+    for rec in records:
+        ids = tok(rec["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        if len(ids) > max_tokens:
+            ids, counts.truncated_response = ids[:max_tokens], counts.truncated_response + 1
+        out.append({"input_ids": ids, "labels": list(ids)})
+    counts.kept += len(out)
+    return out
+
+
+def encode_demonstrations(records, tok, template: str, max_prompt: int, max_response: int, counts: Counts) -> list[dict]:
+    """SFT: loss on completion tokens only; the prompt is masked with IGNORE."""
+    out = []
+    for rec in records:
+        p, r = encode_pair(tok, rec["prompt"], rec["completion"], template)
+        if len(p) > max_prompt:
+            counts.dropped_long_prompt += 1
+            continue
+        if len(r) > max_response:
+            r, counts.truncated_response = r[:max_response], counts.truncated_response + 1
+        out.append({"input_ids": p + r, "labels": [IGNORE] * len(p) + r})
+    counts.kept += len(out)
+    return out
+
+
+def collate_right(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids`` (pad_id) and ``labels`` (IGNORE); build the attention mask."""
+    n = max(len(b["input_ids"]) for b in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, b in enumerate(batch):
+        k = len(b["input_ids"])
+        ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(b["input_ids"]), torch.tensor(b["labels"]), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class LMDataModule(pl.LightningDataModule):
+    """Train/val loaders over a text (pretrain) or demonstration (SFT) JSONL pair."""
+
+    def __init__(self, tok, kind: str, train_file: str, val_file: str, batch_size: int,
+                 template: str, max_prompt_tokens: int, max_response_tokens: int, seed: int = 0):
+        super().__init__()
+        self.tok, self.kind, self.files = tok, kind, {"train": train_file, "val": val_file}
+        self.batch_size, self.template, self.seed = batch_size, template, seed
+        self.max_prompt, self.max_response = max_prompt_tokens, max_response_tokens
+        self.data, self.counts = {}, {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for split, path in self.files.items():
+            if split in self.data:
+                continue
+            counts, records = Counts(), read_jsonl(path, self.kind)
+            if self.kind == "text":
+                self.data[split] = encode_texts(records, self.tok, self.max_prompt + self.max_response, counts)
+            else:
+                self.data[split] = encode_demonstrations(
+                    records, self.tok, self.template, self.max_prompt, self.max_response, counts)
+            self.counts[split] = counts
+            log.info("%s %s: %d examples, %d dropped (prompt > %d tokens), %d truncated",
+                     split, path, counts.kept, counts.dropped_long_prompt, self.max_prompt, counts.truncated_response)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+                          collate_fn=lambda b: collate_right(b, self.tok.pad_token_id))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)

@@ -1,0 +1,48 @@
+"""Shared fixtures: compose the real Hydra config, and small JSONL data written per test."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from rlhf.data.formats import write_jsonl
+from rlhf.train import CONF_DIR
+
+torch.set_num_threads(2)
+WORDS = "cat dog sun red blue tree fish bird milk rain star moon apple lamp door king".split()
+
+
+def make_config(overrides: list[str]):
+    """The config `rlhf-train <overrides>` would run, composed through Hydra."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _demo(rng: random.Random) -> dict:
+    words = rng.sample(WORDS, 3)
+    return {"prompt": "reverse: " + " ".join(words), "completion": " ".join(reversed(words))}
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    """A small learnable corpus in the user formats: reverse three words."""
+    d, rng = tmp_path_factory.mktemp("toy"), random.Random(0)
+    demos = [_demo(rng) for _ in range(480)]
+    texts = [{"text": f"{x['prompt']} gives {x['completion']}."} for x in demos]
+    return {
+        "pretrain_train": write_jsonl(d / "pt_train.jsonl", texts[:400]),
+        "pretrain_val": write_jsonl(d / "pt_val.jsonl", texts[400:]),
+        "sft_train": write_jsonl(d / "sft_train.jsonl", demos[:400]),
+        "sft_val": write_jsonl(d / "sft_val.jsonl", demos[400:]),
+    }
+
+
+@pytest.fixture
+def toy_overrides(toy_data, tmp_path) -> list[str]:
+    """Overrides for a tiny, fast run on toy_data under tmp_path."""
+    return ["data=files", *(f"data.files.{k}={v}" for k, v in toy_data.items()),
+            f"output_root={tmp_path}", "run_name=t", "model.vocab_size=300",
+            "trainer.enable_progress_bar=false", "stage.batch_size=16"]
