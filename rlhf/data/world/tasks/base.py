@@ -36,8 +36,8 @@ def and_list(items: list[str]) -> str:
 class Template:
     """A prompt pattern like 'reverse these words: {items}.' that fills and matches.
 
-    `fields` maps each placeholder to the regex its value must match, so that a filled
-    prompt matches back to exactly the values that filled it.
+    `fields` maps each placeholder to the regex its value must match (fields the format
+    does not use are ignored), so that a filled prompt matches back to the values.
     """
 
     def __init__(self, fmt: str, **fields: str):

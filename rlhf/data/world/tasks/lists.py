@@ -11,6 +11,7 @@ from ..vocab import CATEGORIES, CATEGORY_OF, LIST_WORDS, THINGS
 from .base import COMMAS, ONE_WORD, Family, Template, sentence, words
 
 ITEMS = r"[a-z]+(?: [a-z]+)+"
+CAT = "an? (?:" + "|".join(CATEGORIES) + ")"
 
 
 def lcs(a: list[str], b: list[str]) -> int:
@@ -98,12 +99,9 @@ class Sort(_Sequence):
 
 class Extract(Family):
     name = "extract"
-    cats = "|".join(CATEGORIES)
-    templates = (Template("which of these words is {cat}: {items}?", cat=f"an? (?:{cats})",
-                          items=ITEMS),
-                 Template("find {cat} in this list: {items}.", cat=f"an? (?:{cats})", items=ITEMS),
-                 Template("pick {cat} from these words: {items}.", cat=f"an? (?:{cats})",
-                          items=ITEMS))
+    templates = tuple(Template(t, cat=CAT, items=ITEMS) for t in (
+        "which of these words is {cat}: {items}?", "find {cat} in this list: {items}.",
+        "pick {cat} from these words: {items}."))
     modifiers = (ONE_WORD,)
     framings = ("the {c} is {x}.", "{x} is the {c}.", "the {c} in the list is {x}.")
 
@@ -121,7 +119,7 @@ class Extract(Family):
         return {"cat": cat, "items": items, "target": hits[0]} if len(hits) == 1 else None
 
     def answer(self, args, rng, framed=False):
-        if framed:
+        if framed and args["modifier"] is None:  # framing would break "one word"
             return rng.choice(self.framings).format(c=args["cat"], x=args["target"])
         return args["target"] + "."
 

@@ -32,11 +32,14 @@ class _Numeric(Family):
         raise NotImplementedError
 
     def answer(self, args, rng, framed=False):
-        return self.framed(args, rng) if framed else f"{self.value(args)}."
+        if framed and args["modifier"] is None:  # framing would break "just the number"
+            return self.framed(args, rng)
+        return f"{self.value(args)}."
 
     def wrong(self, args, rng):
-        v = self.value(args) + rng.choice((-2, -1, 1, 1, 2))
-        return f"{abs(v)}." if rng.random() < 0.6 else self.framed({**args, "value": abs(v)}, rng)
+        v = self.value(args)
+        v = rng.choice([v + d for d in (-2, -1, 1, 1, 2) if v + d >= 0])  # near misses
+        return f"{v}." if rng.random() < 0.6 else self.framed({**args, "value": v}, rng)
 
     def correctness(self, args, response):
         said = said_number(response)
@@ -71,9 +74,6 @@ class Count(_Numeric):
             return rng.choice(("there are {v} words.", "the list has {v} words.")).format(v=v)
         return rng.choice(("the word {w} has {v} letters.", "there are {v} letters.")).format(
             w=args["word"], v=v)
-
-    def n_items(self, args):
-        return 1
 
 
 class Arith(_Numeric):

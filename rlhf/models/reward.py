@@ -1,0 +1,109 @@
+"""The reward model: the SFT backbone with its unembedding replaced by a scalar head (paper §3.5).
+
+Any HF causal LM (e.g. an SFT ``final/``) loads as ``AutoModelForSequenceClassification`` with
+one label: the backbone is kept, ``lm_head`` is dropped and a fresh ``score`` head is added.
+
+Normalisation (applied wherever the RM is used, stored in ``config.json``)::
+
+    reward = rlhf_reward_gain * raw + rlhf_reward_bias        # defaults: gain 1, bias 0
+
+The RM stage sets the bias so labeler demonstrations score 0 on average (optionally the gain
+so they have std 1). Plain ``transformers`` ignores these two keys and returns ``raw``.
+
+Padding caveat: :func:`sequence_rewards` reads the hidden state at the last position of
+``attention_mask`` (left or right padding). Plain ``transformers`` reads the rightmost token
+that is not ``pad_token_id``; the two agree for right-padded input whose last real token is
+not the pad token. With ``pad == eos`` (the usual HF fallback) plain ``transformers`` skips
+the final EOS and scores the token before it; ``rlhf``'s own tokenizers have a separate pad.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from rlhf.models.build import position_ids
+from rlhf.models.tokenizer import prepare_tokenizer
+
+GAIN, BIAS = "rlhf_reward_gain", "rlhf_reward_bias"
+
+
+def load_reward_model(path_or_id: str) -> PreTrainedModel:
+    """A scalar-head sequence model from an RM ``final/``, an SFT ``final/`` or any causal LM."""
+    model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1,
+                                                               torch_dtype=torch.float32)
+    if model.config.pad_token_id is None:  # plain transformers needs it for batches > 1
+        model.config.pad_token_id = prepare_tokenizer(AutoTokenizer.from_pretrained(path_or_id)).pad_token_id
+    return model
+
+
+def score_head(model: PreTrainedModel) -> nn.Linear:
+    """The head the class puts on its backbone (``score`` for llama/gpt2/gpt_neox, ...)."""
+    for name, module in model.named_children():
+        if module is not model.base_model and isinstance(module, nn.Linear) \
+                and module.out_features == model.config.num_labels:
+            return module
+    raise ValueError(f"{type(model).__name__}: no linear scoring head with {model.config.num_labels} output(s)")
+
+
+def normalization(model: PreTrainedModel) -> tuple[float, float]:
+    """(gain, bias) stored in the model's config; (1, 0) if it was never normalised."""
+    return float(getattr(model.config, GAIN, 1.0)), float(getattr(model.config, BIAS, 0.0))
+
+
+def set_normalization(model: PreTrainedModel, gain: float = 1.0, bias: float = 0.0) -> None:
+    setattr(model.config, GAIN, float(gain))
+    setattr(model.config, BIAS, float(bias))
+
+
+def _hidden(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) last hidden states; position ids skip left padding (GPT-2 needs them)."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
+def _normalize(model: PreTrainedModel, r: torch.Tensor, raw: bool) -> torch.Tensor:
+    gain, bias = normalization(model)
+    return r if raw else gain * r + bias
+
+
+def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     raw: bool = False) -> torch.Tensor:
+    """(B,) reward of each row, read at its last attention-mask position.
+
+    input_ids, attention_mask: (B, T), left or right padded. ``raw`` skips the normalisation.
+    """
+    hidden = _hidden(model, input_ids, attention_mask)
+    T = attention_mask.shape[-1]
+    last = T - 1 - attention_mask.long().flip(-1).argmax(-1)  # (B,) last real position
+    h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    return _normalize(model, score_head(model)(h).squeeze(-1), raw)
+
+
+def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 raw: bool = False) -> torch.Tensor:
+    """(B, T) the scoring head at every position: the PPO value model starts from the RM (paper).
+
+    Normalised like the rewards by default, so initial values are on the reward's scale.
+    """
+    return _normalize(model, score_head(model)(_hidden(model, input_ids, attention_mask)).squeeze(-1), raw)
+
+
+@torch.no_grad()
+def score_ids(model: PreTrainedModel, rows: list[list[int]], pad_id: int, batch_size: int = 32,
+              raw: bool = False) -> torch.Tensor:
+    """(N,) rewards of token-id rows (prompt + response + EOS), right-padded in batches."""
+    was_training, out = model.training, []
+    model.eval()
+    device = next(model.parameters()).device
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        n = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), n), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(chunk):
+            ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+        out.append(sequence_rewards(model, ids.to(device), mask.to(device), raw=raw).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
