@@ -53,13 +53,20 @@ def provenance(cfg: DictConfig, metrics: dict, **extra) -> dict:
     }
 
 
+def save_json(out_dir: Path, info: dict) -> Path:
+    """Write ``rlhf.json``; stages without weights (collect, eval) write only this."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
+
+
 def save_hf(model, tokenizer, out_dir: Path, info: dict | None = None) -> Path:
     """Write an HF directory (weights, config, tokenizer) and, if given, ``rlhf.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     if info is not None:  # written last: its presence marks a complete export
-        (out_dir / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
+        save_json(out_dir, info)
     return out_dir
 
 

@@ -43,7 +43,7 @@ def build_trainer(cfg: DictConfig, sdir, callbacks: list) -> pl.Trainer:
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
-    """Run ``cfg.stage`` and export its ``final/``; return (metrics, objects).
+    """Run ``cfg.stage`` and write its ``final/``; return (metrics, objects).
 
     A stage whose ``final/`` exists is skipped unless ``force=true``; a stage with a
     ``checkpoints/last.ckpt`` resumes from it (``resume=false`` starts over).
@@ -55,6 +55,8 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     save_config(cfg, sdir)
     pl.seed_everything(cfg.seed, workers=True)
     stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
+    if hasattr(stage, "run"):  # stages without a training loop (collect, eval)
+        return stage.run(cfg, sdir), {}
     module, datamodule, tok, stage_callbacks = stage.setup(cfg, sdir)
     trainer = build_trainer(cfg, sdir, [*stage_callbacks, *(callbacks or [])])
     ckpt = last_checkpoint(sdir) if cfg.resume else None

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from conftest import make_config
 from rlhf.train import CONF_DIR
 
-GROUPS = ["stage", "model", "data", "kl", "ptx", "strategy", "logger", "trainer", "experiment", "debug"]
+GROUPS = ["stage", "model", "data", "kl", "ptx", "strategy", "logger", "trainer", "labeler", "judge", "experiment", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -31,6 +31,9 @@ def test_option_composes_and_resolves(group, option, tmp_path):
         assert instantiate(node) is not None, name
     if "_target_" in cfg.strategy:
         assert instantiate(cfg.strategy) is not None
+    from rlhf.feedback import load
+
+    assert hasattr(load(cfg.labeler), "rank") and hasattr(load(cfg.judge), "prefer")
     __import__(f"rlhf.stages.{cfg.stage.kind}")  # the stage's code exists
 
 
