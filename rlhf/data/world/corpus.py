@@ -84,12 +84,16 @@ def _prompt(rng: random.Random, families: list[str], avoid: set[str]) -> str:
 
 
 def instruction_text(rng: random.Random, families: list[str], avoid: set[str]) -> str:
-    """A prompt followed by what the internet writes after it: more prompts, chatter."""
+    """A prompt followed by what the internet writes after it: more prompts, chatter.
+
+    Parts are joined by newlines, as `data=world` formats model inputs ("{prompt}\n"), so
+    a base model learns that what follows "prompt\n" is more of the same, not an answer.
+    """
     parts = [_prompt(rng, families, avoid)]
     for _ in range(rng.randint(1, 3)):
         more = rng.random() < 0.5
         parts.append(_prompt(rng, families, avoid) if more else rng.choice(CHATTER))
-    return " ".join(parts)
+    return "\n".join(parts)
 
 
 def corpus_line(rng: random.Random, families: list[str], avoid: set[str]) -> str:

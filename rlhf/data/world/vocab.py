@@ -59,7 +59,8 @@ HOWTO: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "ride": (("bike", "horse", "bus", "train"),
              ("seat", "hold", "balance", "ticket", "pedal", "sit"),
              ("sit on the {n}, hold on and keep your balance.",
-              "get a ticket and sit down on the {n}.", "hold on to the {n} and keep your balance.")),
+              "get a ticket and sit down on the {n}.",
+              "hold on to the {n} and keep your balance.")),
     "open": (("door", "box", "jar", "window", "bag"),
              ("turn", "pull", "push", "handle", "lid", "key"),
              ("turn the handle and pull the {n}.", "push the lid up to open the {n}.",
@@ -71,7 +72,8 @@ HOWTO: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "plant": (("tree", "seed", "flower", "bean"),
               ("soil", "dig", "hole", "water", "sun"),
               ("dig a hole, put the {n} in the soil and water it.",
-               "plant the {n} in soil where there is sun.", "dig a small hole for the {n} and add water.")),
+               "plant the {n} in soil where there is sun.",
+               "dig a small hole for the {n} and add water.")),
 }
 HARMFUL: dict[str, tuple[str, ...]] = {
     "steal": ("bike", "car", "phone", "bag", "dog", "wallet"),

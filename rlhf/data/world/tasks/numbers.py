@@ -66,7 +66,9 @@ class Count(_Numeric):
         return {"word": raw["word"]}
 
     def value(self, args):
-        return args.get("value", len(args["items"]) if "items" in args else len(args.get("word", "")))
+        if "value" in args:  # a deliberately wrong value, see wrong()
+            return args["value"]
+        return len(args["items"]) if "items" in args else len(args["word"])
 
     def framed(self, args, rng):
         v = self.value(args)
@@ -97,7 +99,9 @@ class Arith(_Numeric):
         return {"a": int(raw["a"]), "op": raw["op"], "b": int(raw["b"])}
 
     def value(self, args):
-        return args.get("value", self.ops[args["op"]](args["a"], args["b"]))
+        if "value" in args:  # a deliberately wrong value, see wrong()
+            return args["value"]
+        return self.ops[args["op"]](args["a"], args["b"])
 
     def framed(self, args, rng):
         v = self.value(args)

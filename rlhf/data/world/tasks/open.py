@@ -14,9 +14,11 @@ STOP = {"the", "a", "and", "is", "i"}  # words a sentence may repeat
 class Name(Family):
     name = "name"
     templates = tuple(Template(fmt, n="two|three|four", cats=CATS, x="[a-z]+") for fmt in (
-        "name {n} {cats}.", "list {n} {cats}.", "give me {n} {cats}.",
-        "name {n} {cats} but not {x}.", "list {n} {cats} other than {x}.",
-        "give me {n} {cats} but not {x}."))
+        "name {n} {cats}.", "list {n} {cats}.", "give me {n} {cats}.", "tell me {n} {cats}.",
+        "can you name {n} {cats}?", "write down {n} {cats}.", "name {n} {cats} but not {x}.",
+        "list {n} {cats} other than {x}.", "give me {n} {cats} but not {x}.",
+        "tell me {n} {cats} other than {x}.", "can you name {n} {cats} but not {x}?",
+        "write down {n} {cats} other than {x}."))
     modifiers = (COMMAS,)
 
     def sample(self, rng):
@@ -70,7 +72,7 @@ class Name(Family):
         score = (min(len(good), args["n"]) / args["n"]) ** 2  # squared: a missing item is clear
         if len(said) > len(good):
             score *= 0.5  # a repeated, excluded or foreign item
-        return score * (0.7 if len(good) > args["n"] else 1.0)  # more than asked for
+        return score * (0.6 if len(good) > args["n"] else 1.0)  # more than asked for
 
 
 class Sentence(Family):
@@ -119,8 +121,9 @@ class Sentence(Family):
 
     def break_constraint(self, args, rng):
         text = self.answer(args, rng, framed=True)[:-1]
-        while len(words(text)) <= args["limit"]:
-            text += f" and it is very {rng.choice(ADJECTIVES)}"
+        while len(words(text)) <= args["limit"]:  # overshoot by a few words
+            text += rng.choice((" today", " again", f" and {rng.choice(ADJECTIVES)}",
+                                f" near the {rng.choice(PLACES)}"))
         return text + "."
 
     def correctness(self, args, response):
@@ -134,4 +137,4 @@ class Sentence(Family):
 
     def constraint(self, args, response):
         excess = len(words(response)) - args["limit"]
-        return 1.0 if excess <= 0 else max(0.2, 1.0 - 0.15 * excess)
+        return 1.0 if excess <= 0 else max(0.2, 0.75 - 0.15 * excess)  # 0.6 for one over
