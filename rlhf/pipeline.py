@@ -6,7 +6,7 @@ from the same config plus the step's overrides; a step whose ``final/`` exists i
 so a stopped pipeline continues where it stopped (``force=true`` reruns everything).
 
     rlhf-pipeline experiment=quickstart
-    rlhf-pipeline model=gpt2 data=files data.files.sft_train=... 'steps.sft=[stage.epochs=2]'
+    rlhf-pipeline model=gpt2 data=files data.files.sft_train=... +steps.sft.stage.epochs=2
 """
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def step_config(cfg: DictConfig, overrides: list[str], step: str, stage: str, **wiring) -> DictConfig:
-    """The train config of one step: the user's overrides, the step's, then the wiring."""
-    extra = list(cfg.steps.get(step) or [])
-    wired = [f"{k}={v}" for k, v in wiring.items() if v is not None]
-    return compose("pipeline", overrides=[*overrides, f"stage={stage}", *extra, *wired])
+    """The train config of one step: the user's overrides, then ``steps.<step>``, then the wiring."""
+    step_cfg = compose("pipeline", overrides=[*overrides, f"stage={stage}"])
+    step_cfg = OmegaConf.merge(step_cfg, cfg.steps.get(step) or {})
+    for key, value in wiring.items():
+        OmegaConf.update(step_cfg, key, value, force_add=True)
+    return step_cfg
 
 
 def final(cfg: DictConfig, stage_name: str) -> str:

@@ -1,0 +1,63 @@
+"""The pipeline on a tiny built-in world: pretrain -> SFT -> collect, skip-and-continue, eval."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlhf.data.formats import read_jsonl
+from rlhf.feedback import FeedbackError
+from rlhf.pipeline import run_pipeline
+from rlhf.train import CONF_DIR
+
+TINY_WORLD = ["data.world.n_pretrain=1500", "data.world.n_pretrain_val=100", "data.world.n_sft=300",
+              "data.world.n_sft_val=40", "data.world.n_rm=60", "data.world.n_ppo=40", "data.world.n_val=30",
+              "data.world.n_test=30", "data.world.n_calibration=50"]
+
+
+def pipeline(tmp_path, *extra: str) -> tuple[dict, list[str]]:
+    overrides = ["model=tiny", "model.vocab_size=600", f"output_root={tmp_path}", "run_name=p",
+                 "trainer.enable_progress_bar=false", *TINY_WORLD, "+steps.pretrain.stage.batch_size=64",
+                 "+steps.pretrain.stage.epochs=2", "+steps.sft.stage.epochs=2", "+steps.collect.stage.num_samples=4",
+                 *extra]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return run_pipeline(compose("pipeline", overrides=overrides), overrides), overrides
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipe")
+    results, _ = pipeline(out)
+    return out, results
+
+
+def test_collect_writes_ranked_comparisons_from_the_sft_policy(tiny_run):
+    out, results = tiny_run
+    assert set(results) == {"pretrain", "sft", "collect"}
+    train = read_jsonl(out / "p" / "collect" / "comparisons_train.jsonl", "comparison")
+    kept, dropped = results["collect"]["train/comparisons"], results["collect"]["train/dropped_fewer_than_2_distinct"]
+    assert len(train) == kept and kept + dropped == 60 and kept > 30
+    assert all(2 <= len(r["completions"]) <= 4 and len(set(r["completions"])) == len(r["completions"]) for r in train)
+    info = json.loads((out / "p" / "collect" / "final" / "rlhf.json").read_text())
+    assert info["init"].endswith("p/sft/final") and info["labeler"] == "WorldLabelers(training)"
+
+
+def test_finished_steps_are_skipped_and_a_stopped_pipeline_continues(tiny_run):
+    out, first = tiny_run
+    (out / "p" / "collect" / "final" / "rlhf.json").unlink()  # as if stopped during collection
+    stamp = (out / "p" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns
+    again, _ = pipeline(out)
+    assert again["sft"] == pytest.approx(first["sft"])  # read back, not retrained
+    assert (out / "p" / "sft" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "p" / "collect" / "final" / "rlhf.json").is_file()  # the missing step ran
+
+
+def test_a_labeler_returning_garbage_stops_collection_naming_the_prompt(tiny_run, tmp_path, monkeypatch):
+    out, _ = tiny_run
+    shutil.copytree(out / "p", tmp_path / "p", ignore=shutil.ignore_patterns("collect"))
+    (tmp_path / "my_labeler.py").write_text("def rank(prompt, completions):\n    return [0] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(FeedbackError, match=r"returned \[0, 0.*for prompt '.+'.*permutation"):
+        pipeline(tmp_path, "~labeler", "+labeler._target_=my_labeler.rank", "+labeler._partial_=true")
