@@ -61,3 +61,29 @@ def test_a_labeler_returning_garbage_stops_collection_naming_the_prompt(tiny_run
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(FeedbackError, match=r"returned \[0, 0.*for prompt '.+'.*permutation"):
         pipeline(tmp_path, "~labeler", "+labeler._target_=my_labeler.rank", "+labeler._partial_=true")
+
+
+def test_eval_and_report_hold_every_figure(tiny_run):
+    from rlhf.eval.report import FIGURES, build_report
+    from rlhf.train import train
+
+    out, _ = tiny_run
+    run = out / "p"
+    overrides = ["model=tiny", f"output_root={out}", "run_name=p", *TINY_WORLD, "stage=eval",
+                 f"stage.models.base={run}/pretrain/final", f"stage.models.sft={run}/sft/final",
+                 f"stage.models.ppo={run}/sft/epochs/epoch_0", "stage.max_prompts=10", "stage.max_pretrain_texts=20"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        metrics, _ = train(compose("train", overrides=overrides))
+    for method in ("base", "prompted", "sft", "ppo"):
+        for fig in ("win_rate", "gold", "gold_win_rate", "kl_to_ref", "pretrain_val_loss", "alignment_tax"):
+            assert f"{method}/{fig}" in metrics and f"{method}/{fig}_lo" in metrics, (method, fig)
+    assert metrics["sft/win_rate"] == 0.5 and metrics["sft/kl_to_ref"] == 0.0  # against itself
+    assert 0.0 <= metrics["base/win_rate_lo"] <= metrics["base/win_rate"] <= metrics["base/win_rate_hi"] <= 1.0
+    report_dir = build_report(run)
+    report = json.loads((report_dir / "report.json").read_text())
+    assert list(report["methods"]) == ["base", "prompted", "sft", "ppo"]
+    assert report["methods"]["ppo"]["alignment_tax"][0] == pytest.approx(metrics["ppo/alignment_tax"])
+    for name in FIGURES:
+        assert (report_dir / name).stat().st_size > 1000
+    summary = (report_dir / "summary.md").read_text()
+    assert "| prompted |" in summary and "## Examples" in summary

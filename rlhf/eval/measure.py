@@ -1,0 +1,62 @@
+"""What evaluation measures on a model: response log-probs, LM loss on text, RM scores, win rates."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf.algos.lm_loss import IGNORE, lm_loss
+from rlhf.algos.logprobs import logprobs_from_logits
+from rlhf.data.lm import Counts, collate_right, encode_demonstrations, encode_texts
+
+
+def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean and its normal-approximation 95% interval (values may be 0 / 0.5 / 1 preferences)."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    m = sum(values) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = z * sd / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def _rows(tok, prompts, responses, template):
+    demos = [{"prompt": p, "completion": r or " "} for p, r in zip(prompts, responses)]
+    return encode_demonstrations(demos, tok, template, 10**9, 10**9, Counts())  # measure, never drop
+
+
+@torch.no_grad()
+def response_logprobs(model, tok, prompts: list[str], responses: list[str], template: str,
+                      batch_size: int = 64) -> torch.Tensor:
+    """(N,) sum of log p(response + EOS | prompt) under ``model`` (temperature 1)."""
+    model.eval()
+    rows, out = _rows(tok, prompts, responses, template), []
+    for i in range(0, len(rows), batch_size):
+        b = collate_right(rows[i:i + batch_size], tok.pad_token_id)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        labels = b["labels"][:, 1:]
+        lp = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0))
+        out.append((lp * (labels != IGNORE)).sum(-1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_loss(model, tok, texts: list[str], max_tokens: int, batch_size: int = 64) -> float:
+    """Token-weighted LM loss on ``texts`` (the pretraining-validation loss of the alignment tax)."""
+    model.eval()
+    rows = encode_texts([{"text": t} for t in texts], tok, max_tokens, Counts())
+    total, n = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        b = collate_right(rows[i:i + batch_size], tok.pad_token_id)
+        loss, k = lm_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        total, n = total + float(loss) * int(k), n + int(k)
+    return total / max(n, 1)
+
+
+def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str) -> torch.Tensor:
+    """(N,) normalised RM rewards of (prompt, response) pairs."""
+    from rlhf.models.reward import score_ids
+
+    rows = _rows(tok, prompts, responses, template)
+    return score_ids(rm, [r["input_ids"] for r in rows], tok.pad_token_id)

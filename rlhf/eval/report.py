@@ -1,0 +1,136 @@
+"""The run's report, like the paper's: ``outputs/<run>/report/`` with summary.md, report.json and plots.
+
+Reads what the stages wrote (eval's final/rlhf.json and samples.jsonl, PPO's logs/metrics.csv,
+the RM's and collection's final/rlhf.json) and nothing else, so it can be rebuilt any time:
+``python -m rlhf.eval.report outputs/<run>``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
+PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
+FIGURES = ["win_rate.png", "ppo_training.png", "alignment_tax.png"]
+
+
+def _info(run_dir: Path, stage: str) -> dict | None:
+    path = run_dir / stage / "final" / "rlhf.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl")) -> dict[str, list[tuple[int, float]]]:
+    """{key: [(step, value), ...]} from a PPO stage's metrics.csv."""
+    path, out = run_dir / stage / "logs" / "metrics.csv", {k: [] for k in keys}
+    if path.is_file():
+        for row in csv.DictReader(path.open()):
+            for k in keys:
+                if row.get(k):
+                    out[k].append((int(row["step"]), float(row[k])))
+    return out
+
+
+def methods_table(metrics: dict) -> dict[str, dict[str, list[float]]]:
+    """{method: {figure: [mean, lo, hi]}} from eval's flat ``method/figure[_lo|_hi]`` metrics."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for key, value in metrics.items():
+        method, fig = key.split("/", 1)
+        if fig.endswith(("_lo", "_hi")):
+            continue
+        table.setdefault(method, {})[fig] = [value, metrics.get(f"{key}_lo", value), metrics.get(f"{key}_hi", value)]
+    order = [m for m in METHODS if m in table] + sorted(set(table) - set(METHODS))
+    return {m: table[m] for m in order}
+
+
+def _fmt(v: list[float] | None, ci: bool = True) -> str:
+    if v is None:
+        return "–"
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if ci and v[1] != v[2] else f"{v[0]:.3f}"
+
+
+def plot_win_rates(table: dict, path: Path) -> None:
+    names = list(table)
+    means = [table[m]["win_rate"][0] for m in names]
+    errs = [[means[i] - table[m]["win_rate"][1] for i, m in enumerate(names)],
+            [table[m]["win_rate"][2] - means[i] for i, m in enumerate(names)]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, means, yerr=errs, capsize=4, color="#4C72B0")
+    ax.axhline(0.5, color="grey", ls="--", lw=1)
+    ax.set(ylabel="win rate against SFT", ylim=(0, 1), title="Held-out labelers' preference (95% CI)")
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
+def plot_ppo(curves: dict[str, dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for stage, c in curves.items():
+        for ax, key in zip(axes, ("train/score", "train/kl")):
+            if c[key]:
+                ax.plot(*zip(*c[key]), label=stage)
+    for ax, title in zip(axes, ("RM score (normalised)", "KL to SFT (nats / response)")):
+        ax.set(xlabel="PPO iteration", title=title)
+        ax.legend() if ax.lines else ax.text(0.5, 0.5, "no PPO run", ha="center", transform=ax.transAxes)
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
+def plot_tax(table: dict, path: Path) -> None:
+    names = [m for m in PPO_RUNS if m in table]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar(names, [table[m]["alignment_tax"][0] for m in names], color="#DD8452")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set(ylabel="pretraining val loss − SFT's", title="Alignment tax (lower is better)")
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
+def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
+    run_dir = Path(run_dir)
+    ev = _info(run_dir, "eval")
+    if ev is None:
+        raise FileNotFoundError(f"{run_dir}/eval/final/rlhf.json not found: run stage=eval first")
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = methods_table(ev["metrics"])
+    curves = {s: ppo_curves(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
+    stages = {s: (_info(run_dir, s) or {}).get("metrics") for s in ("collect", "rm", "bestofn")}
+    report = {"run": str(run_dir), "judge": ev.get("judge"), "n_prompts": ev.get("n_prompts"),
+              "samples_per_prompt": ev.get("samples_per_prompt"), "methods": table,
+              "ppo_curves": curves, **{s: m for s, m in stages.items() if m}}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_win_rates(table, out / FIGURES[0])
+    plot_ppo(curves, out / FIGURES[1])
+    plot_tax(table, out / FIGURES[2])
+    (out / "summary.md").write_text(summary_markdown(report, run_dir / "eval" / "samples.jsonl", n_examples))
+    return out
+
+
+def summary_markdown(report: dict, samples: Path, n_examples: int) -> str:
+    cols = ["win_rate", "gold", "rm", "kl_to_ref", "alignment_tax"]
+    lines = [f"# Report: {report['run']}", "",
+             f"{report['n_prompts']} held-out prompts x {report['samples_per_prompt']} samples, judged by "
+             f"{report['judge']}; win rates against SFT with 95% intervals (ties count half).", "",
+             "| method | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for m, figs in report["methods"].items():
+        lines.append(f"| {m} | " + " | ".join(_fmt(figs.get(c), ci=c == "win_rate") for c in cols) + " |")
+    lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", "## Examples", ""]
+    if samples.is_file():
+        step = report.get("samples_per_prompt") or 1  # one example per prompt
+        rows = [json.loads(line) for line in samples.open()][::step][: n_examples]
+        for row in rows:
+            lines += [f"**{row.pop('prompt')}**", ""] + [f"- *{k}*: {v}" for k, v in row.items()] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Rebuild outputs/<run>/report/ from a finished run.")
+    ap.add_argument("run_dir")
+    print(build_report(ap.parse_args().run_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``stage=eval``: the paper's evaluation on held-out prompts.
+
+For each model in ``stage.models`` (base, SFT, PPO, PPO-ptx; plus the base with a few-shot
+"prompted" prefix): ``samples_per_prompt`` responses per test prompt, then
+- win rate against the reference (SFT) as judged by the ``judge`` (ties count half), 95% CI;
+- gold score (built-in world only) and RM score (if ``stage.reward_model`` is set);
+- KL to the reference: mean over the model's own samples of log pi(y|x) - log pi_ref(y|x);
+- alignment tax: pretraining-validation loss minus the reference's.
+Writes ``samples.jsonl`` (responses side by side) and ``final/rlhf.json`` (every figure).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf import feedback
+from rlhf.data.formats import read_jsonl, write_jsonl
+from rlhf.data.sources import data_file
+from rlhf.eval.measure import mean_ci, response_logprobs, rm_scores, text_loss
+from rlhf.handoff import provenance, save_json
+from rlhf.models.generate import sample
+
+log = logging.getLogger(__name__)
+
+
+def few_shot_template(tok, demos: list[dict], template: str) -> str:
+    """The template with k demonstrations in front: the paper's "prompted" GPT-3 baseline."""
+    shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + tok.eos_token for d in demos)
+    return shots.replace("{", "{{").replace("}", "}}") + template
+
+
+def judge_pairs(judge, prompts, responses, reference, rng: random.Random) -> list[float]:
+    """P(response beats reference) per pair, shown to the judge in random order (position bias)."""
+    prefs = []
+    for p, a, b in zip(prompts, responses, reference):
+        if rng.random() < 0.5:
+            prefs.append(feedback.call_prefer(judge, p, a, b))
+        else:
+            prefs.append(1.0 - feedback.call_prefer(judge, p, b, a))
+    return prefs
+
+
+def run(cfg: DictConfig, sdir: Path) -> dict:
+    st, template = cfg.stage, cfg.data.template
+    models = {k: v for k, v in st.models.items() if v}
+    if st.reference not in models:
+        raise ValueError(f"stage.models.{st.reference} (the reference every model is compared with) is not set")
+    torch.manual_seed(cfg.seed)
+    prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
+    texts = [r["text"] for r in read_jsonl(data_file(cfg, st.pretrain_val), "text")][: st.max_pretrain_texts]
+    flat = [p for p in prompts for _ in range(st.samples_per_prompt)]
+    runs = {name: (path, template) for name, path in models.items()}
+    if st.prompted and "base" in models:
+        tok = AutoTokenizer.from_pretrained(models["base"])
+        demos = read_jsonl(data_file(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
+        runs["prompted"] = (models["base"], few_shot_template(tok, demos, template))
+    ref_path, max_tokens = models[st.reference], cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
+    ref_tok, ref = AutoTokenizer.from_pretrained(ref_path), AutoModelForCausalLM.from_pretrained(ref_path)
+    ref_loss = text_loss(ref, ref_tok, texts, max_tokens)
+    responses, stats = {}, {}
+    for name, (path, tmpl) in runs.items():  # one model in memory at a time, beside the reference
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        outs = sample(model, tok, prompts, tmpl, n=st.samples_per_prompt,
+                      max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
+        res = responses[name] = [r for rs in outs for r in rs]
+        kl = response_logprobs(model, tok, flat, res, tmpl) - response_logprobs(ref, ref_tok, flat, res, tmpl)
+        pt = text_loss(model, tok, texts, max_tokens)
+        stats[name] = {"kl_to_ref": mean_ci(kl.tolist()), "pretrain_val_loss": (pt,) * 3,
+                       "alignment_tax": (pt - ref_loss,) * 3}
+        log.info("eval: sampled %d responses from %s", len(flat), name)
+
+    judge, gold = feedback.load(cfg.judge), cfg.data.get("world") is not None
+    rm = rm_tok = None
+    if st.get("reward_model"):
+        from rlhf.models.reward import load_reward_model
+        rm, rm_tok = load_reward_model(st.reward_model).eval(), AutoTokenizer.from_pretrained(st.reward_model)
+    metrics, rng = {}, random.Random(cfg.seed)
+    for name, res in responses.items():
+        m = {"win_rate": mean_ci(judge_pairs(judge, flat, res, responses[st.reference], rng))}
+        if gold:
+            from rlhf.data.world.gold import gold_prefer, gold_score
+            m["gold"] = mean_ci([gold_score(p, r) for p, r in zip(flat, res)])
+            m["gold_win_rate"] = mean_ci([gold_prefer(p, a, b) for p, a, b in zip(flat, res, responses[st.reference])])
+        if rm is not None:
+            m["rm"] = mean_ci(rm_scores(rm, rm_tok, flat, res, template).tolist())
+        m.update(stats[name])
+        for key, (mean, lo, hi) in m.items():
+            metrics[f"{name}/{key}"], metrics[f"{name}/{key}_lo"], metrics[f"{name}/{key}_hi"] = mean, lo, hi
+        log.info("eval %s: %s", name, {k: round(v[0], 4) for k, v in m.items()})
+    write_jsonl(sdir / "samples.jsonl", ({"prompt": p, **{n: responses[n][i] for n in runs}}
+                                         for i, p in enumerate(flat)))
+    save_json(sdir / "final", provenance(cfg, metrics, judge=repr(judge), models=dict(models),
+                                         n_prompts=len(prompts), samples_per_prompt=st.samples_per_prompt))
+    return metrics
