@@ -64,7 +64,7 @@ def build_causal_lm(cfg: DictConfig, tokenizer) -> PreTrainedModel:
     """The causal LM the stage trains (see the module docstring for the source order)."""
     source = weights_source(cfg)
     if source:
-        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     else:
         arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
         config = AutoConfig.for_model(

@@ -30,8 +30,7 @@ GAIN, BIAS = "rlhf_reward_gain", "rlhf_reward_bias"
 
 def load_reward_model(path_or_id: str) -> PreTrainedModel:
     """A scalar-head sequence model from an RM ``final/``, an SFT ``final/`` or any causal LM."""
-    model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1,
-                                                               torch_dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32)
     if model.config.pad_token_id is None:  # plain transformers needs it for batches > 1
         model.config.pad_token_id = prepare_tokenizer(AutoTokenizer.from_pretrained(path_or_id)).pad_token_id
     return model

@@ -63,7 +63,7 @@ class RewardModule(pl.LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, Kmax) raw rewards: the N flattened completions scattered back to their prompts."""
-        r = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"], raw=True)  # (N,)
+        r = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"], raw=True).float()  # (N,)
         return r.new_zeros(batch["mask"].shape).index_put((batch["owner"], batch["slot"]), r)
 
     def _step(self, batch: dict):

@@ -62,9 +62,9 @@ def normalize_on_demonstrations(model, tok, spec: dict) -> dict:
 
 
 def export(module: RewardModule, tok, out_dir: Path, info: dict) -> Path:
-    model, spec = module.model, module.normalize
+    model, spec = module.model, module.normalize or {}
     set_dropout(model, 0.0)
-    info["template"] = spec["template"]  # rlhf.score renders prompts the same way
-    if spec["data"]:
+    info["template"] = spec.get("template")  # rlhf.score renders prompts the same way
+    if spec.get("data"):
         info["normalization"] = normalize_on_demonstrations(model, tok, spec)
     return save_hf(model, tok, out_dir, info)

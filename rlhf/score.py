@@ -1,0 +1,78 @@
+"""``rlhf-score``: score a JSONL of ``{"prompt", "response"}`` records with a trained reward model.
+
+    python -m rlhf.score outputs/quickstart/rm/final in.jsonl out.jsonl --batch-size 32
+
+Each output line is the input record plus ``"reward"`` (normalised, as RL sees it) and
+``"raw_reward"`` (the head's output). Prompts are rendered with the template the RM was trained
+with (``rlhf.json``), or ``--template``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from rlhf.data.formats import DataError, write_jsonl
+from rlhf.handoff import PROVENANCE
+from rlhf.models.reward import load_reward_model, normalization, score_ids
+from rlhf.models.tokenizer import encode_pair, prepare_tokenizer
+
+DEFAULT_TEMPLATE = "{prompt}\n"
+
+
+def read_scoring_input(path: Path) -> list[dict]:
+    """Records with non-empty string ``prompt`` and ``response``; errors name file:line."""
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            for key in ("prompt", "response"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise DataError(f"{path}:{lineno}: {key!r} is missing, empty or not a string")
+            records.append(rec)
+    return records
+
+
+def rm_template(rm_dir: Path) -> str:
+    """The template the RM stage recorded in ``rlhf.json`` (default ``"{prompt}\\n"``)."""
+    info = rm_dir / PROVENANCE
+    return (json.loads(info.read_text()).get("template") if info.is_file() else None) or DEFAULT_TEMPLATE
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="rlhf-score", description=__doc__.splitlines()[0])
+    ap.add_argument("rm_dir", type=Path, help="a reward model directory (an rm stage's final/)")
+    ap.add_argument("input", type=Path, help='JSONL of {"prompt", "response"}')
+    ap.add_argument("output", type=Path, help="JSONL written: each record plus reward, raw_reward")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--template", default=None, help="prompt template (default: the RM's own)")
+    args = ap.parse_args(argv)
+    if not args.input.is_file():
+        ap.error(f"{args.input}: no such file")
+
+    records = read_scoring_input(args.input)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(args.rm_dir)))
+    model = load_reward_model(str(args.rm_dir))
+    template = args.template or rm_template(args.rm_dir)
+    rows = []
+    for rec in records:
+        p, r = encode_pair(tok, rec["prompt"], rec["response"], template)
+        rows.append(p + r)  # prompt + response + EOS, as in training
+    raw = score_ids(model, rows, tok.pad_token_id, batch_size=args.batch_size, raw=True)
+    gain, bias = normalization(model)
+    write_jsonl(args.output, ({**r, "reward": gain * x + bias, "raw_reward": x}
+                              for r, x in zip(records, raw.tolist())))
+    print(f"scored {len(records)} records -> {args.output} (reward = {gain:g} * raw + ({bias:g}))")
+
+
+if __name__ == "__main__":
+    main()
