@@ -4,13 +4,14 @@ Layout of a stage directory::
 
     config.yaml          the resolved config of the run that wrote it
     checkpoints/last.ckpt  Lightning checkpoint for resume
-    logs/metrics.csv     every logged metric (CSV always; wandb when asked)
+    logs/version_N/metrics.csv  every logged metric, one file per start (CSV always; wandb too)
     epochs/epoch_N/      HF export after each epoch (SFT: the pipeline picks one by RM score)
     final/               HF directory plain ``transformers`` loads, plus ``rlhf.json``
                          (provenance and final metrics); its presence marks the stage done
 """
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import time
@@ -33,6 +34,12 @@ def is_finished(sdir: Path) -> bool:
 def last_checkpoint(sdir: Path) -> Path | None:
     ckpt = sdir / "checkpoints" / "last.ckpt"
     return ckpt if ckpt.is_file() else None
+
+
+def metrics_rows(sdir: Path) -> list[dict]:
+    """Every row of every CSV metrics file of a stage, in the order the runs started."""
+    files = sorted((sdir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    return [row for f in files for row in csv.DictReader(f.open())]
 
 
 def _git_commit() -> str | None:

@@ -30,7 +30,8 @@ def auto_precision() -> str:
 
 
 def build_trainer(cfg: DictConfig, sdir, callbacks: list) -> pl.Trainer:
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # a stage may fix trainer arguments it depends on (PPO's manual optimisation: no clipping)
+    kwargs = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, cfg.stage.get("trainer") or {}), resolve=True)
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = auto_precision()
     strategy = instantiate(cfg.strategy) if "_target_" in cfg.strategy else cfg.strategy.name

@@ -7,7 +7,6 @@ the RM's and collection's final/rlhf.json) and nothing else, so it can be rebuil
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+
+from rlhf.handoff import metrics_rows  # noqa: E402
 
 METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
 PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
@@ -27,13 +28,12 @@ def _info(run_dir: Path, stage: str) -> dict | None:
 
 
 def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl")) -> dict[str, list[tuple[int, float]]]:
-    """{key: [(step, value), ...]} from a PPO stage's metrics.csv."""
-    path, out = run_dir / stage / "logs" / "metrics.csv", {k: [] for k in keys}
-    if path.is_file():
-        for row in csv.DictReader(path.open()):
-            for k in keys:
-                if row.get(k):
-                    out[k].append((int(row["step"]), float(row[k])))
+    """{key: [(step, value), ...]} from a PPO stage's CSV metrics."""
+    out = {k: [] for k in keys}
+    for row in metrics_rows(run_dir / stage):
+        for k in keys:
+            if row.get(k):
+                out[k].append((int(row["step"]), float(row[k])))
     return out
 
 

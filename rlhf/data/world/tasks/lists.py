@@ -5,7 +5,6 @@ that names two items. Partial credit follows how much of the right sequence is t
 """
 from __future__ import annotations
 
-import random
 
 from ..vocab import CATEGORIES, CATEGORY_OF, LIST_WORDS
 from .base import COMMAS, ONE_WORD, Family, Template, sentence, words

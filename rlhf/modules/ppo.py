@@ -1,0 +1,208 @@
+"""PPO and PPO-ptx (paper Eq. 2) as one LightningModule with manual optimisation.
+
+One ``training_step`` = one PPO iteration over a batch of prompts:
+  1. rollout (``rlhf.rollout``): sample from the CURRENT policy, score with the frozen models;
+  2. per-token reward -beta * KL plus the score at the last token; GAE; whitened advantages;
+     the KL controller sees the batch's mean sequence KL;
+  3. ``ppo_epochs`` passes over shuffled minibatches. Each optimizer step backpropagates the
+     PPO loss and, for PPO-ptx, ``ptx.coef`` times the pretraining LM loss into the SAME
+     gradient buffers, then takes ONE step (paper appendix C: "accumulated ... before one step").
+Policy and value model have their own Adam (paper: betas (0.9, 0.95), value lr 9e-6, eps 1e-5),
+LR constant after a linear warmup from 1/10 of peak over ``warmup_iterations``. An EMA of the
+policy weights (paper 0.992, updated after every policy step) is what the stage exports.
+``trainer.global_step`` counts PPO iterations (see ``_step``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from rlhf.algos.kl import kl_k3
+from rlhf.algos.lm_loss import lm_loss
+from rlhf.algos.logprobs import logprobs_from_logits
+from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
+from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
+from rlhf.data.prompts import split_ptx
+from rlhf.rollout import check_finite, response_logits, response_values, rollout
+
+FROZEN = ("reference.", "reward_model.")  # state_dict prefixes reloaded from their final/ dirs
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    return model.requires_grad_(False).eval()
+
+
+class PPOModule(pl.LightningModule):
+    """Policy (trainable) and reference (frozen) from SFT; value (trainable) and RM (frozen) from the RM."""
+
+    def __init__(self, policy, reference, reward_model, value, tokenizer, stage_cfg, kl_controller,
+                 ptx_coef: float = 0.0, seed: int = 0, samples_path=None):
+        super().__init__()
+        self.automatic_optimization = False
+        self.policy, self.value = policy.train(), value.train()  # dropout is 0 in all four (setup)
+        self.reference, self.reward_model = frozen(reference), frozen(reward_model)
+        decay = stage_cfg.ema_decay
+        self.ema = frozen(AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay))) if decay else None
+        self.st, self.kl_ctl, self.ptx_coef, self.seed = stage_cfg, kl_controller, float(ptx_coef), seed
+        self.tok, self.samples_path = tokenizer, samples_path
+        self.sampling = dict(max_new_tokens=stage_cfg.max_new_tokens, temperature=stage_cfg.temperature,
+                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                             missing_eos_penalty=stage_cfg.missing_eos_penalty)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in (self.reference, self.reward_model, self.ema):
+            if m is not None:
+                m.eval()  # frozen models stay in eval mode whatever Lightning asks
+        return self
+
+    def export_model(self):
+        """The policy to hand on: the EMA weights (paper), or the policy itself without EMA."""
+        return self.ema.module if self.ema is not None else self.policy
+
+    # -- one PPO iteration -------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        it = self.trainer.global_step  # PPO iterations done
+        # per-iteration seed: a resumed run samples exactly what the uninterrupted run would have
+        torch.manual_seed(hash((self.seed, it, self.global_rank)) & (2**63 - 1))
+        t0 = self._now()
+        ep = rollout(self.policy, self.reference, self.value, self.reward_model,
+                     batch["input_ids"], batch["attention_mask"], **self.sampling)
+        ro, mask, beta = ep.rollout, ep.rollout.response_mask, self.kl_ctl.value
+        rewards, seq_kl, advantages, returns = self._advantages(ep, beta, it)
+        t1 = self._now()
+        stats = self._update(ro, ep.value_mask, advantages, returns, batch.get("ptx"))
+        t2 = self._now()
+        B = len(seq_kl)
+        self.log_dict({"train/score": ro.scores.mean(), "train/kl": seq_kl.mean()}, prog_bar=True, batch_size=B)
+        self.log_dict({
+            "train/rm_score": ep.rm_score.mean(), "train/rm_score_raw": ep.rm_score_raw.mean(),
+            "train/kl_k3": masked_sum(kl_k3(ro.logprobs, ro.ref_logprobs), mask) / B, "train/beta": beta,
+            "train/reward": rewards.sum(-1).mean(), "train/entropy": masked_mean(ep.entropy, mask),
+            "train/response_length": mask.sum(-1).float().mean(), "train/eos_rate": ep.has_eos.float().mean(),
+            "train/explained_variance": explained_variance(ro.values, returns, ep.value_mask),
+            **{f"train/{k}": v for k, v in stats.items()},
+            "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}, batch_size=B)
+        self._log_samples(it, batch["prompts"], ep)
+
+    def _advantages(self, ep, beta: float, it: int):
+        """Eq. 2's per-token rewards, GAE, whitened advantages; feeds the KL controller.
+        Returns rewards (B, T), sequence KL (B,), advantages, returns (B, T)."""
+        ro, mask = ep.rollout, ep.rollout.response_mask
+        for name, x in (("log-probs", ro.logprobs), ("reference log-probs", ro.ref_logprobs), ("values", ro.values)):
+            check_finite(name, x, it, mask)
+        check_finite("scores", ro.scores, it)
+        rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask, beta)
+        check_finite("rewards", rewards, it, mask)
+        advantages, returns = gae(rewards, ro.values, ep.value_mask, self.st.gamma, self.st.lam)
+        seq_kl = kl.sum(-1)  # (B,) nats per response
+        kl_mean = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # one beta on every rank
+        self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)
+        return rewards, seq_kl, masked_whiten(advantages, mask), returns
+
+    def _update(self, ro, value_mask, advantages, returns, ptx: dict | None) -> dict:
+        opt_p, opt_v = self.optimizers()
+        steps = [idx for _ in range(self.st.ppo_epochs)
+                 for idx in torch.randperm(len(advantages), device=advantages.device).split(self.st.minibatch_size)]
+        ptx_chunks = split_ptx(ptx, len(steps)) if ptx is not None and self.ptx_coef > 0 else [None] * len(steps)
+        stats = defaultdict(list)
+        for n, (idx, ptx_mb) in enumerate(zip(steps, ptx_chunks)):
+            loss, s = self._ppo_loss(ro.select(idx), value_mask[idx], advantages[idx], returns[idx])
+            self.manual_backward(loss)
+            if ptx_mb is not None:  # into the same .grad buffers: no zero_grad, no step in between
+                ptx_loss = self._ptx_loss(ptx_mb)
+                self.manual_backward(self.ptx_coef * ptx_loss)
+                s["ptx_loss"] = ptx_loss.detach()
+            s["policy_grad_norm"] = self._step(opt_p, self.policy, counted=n == len(steps) - 1)
+            s["value_grad_norm"] = self._step(opt_v, self.value, counted=False)
+            if self.ema is not None:
+                self.ema.update_parameters(self.policy)
+            for k, v in s.items():
+                stats[k].append(v)
+        for sched in self.lr_schedulers():
+            sched.step()  # one warmup step per iteration
+        return {k: torch.stack(v).mean() for k, v in stats.items()}
+
+    def _ppo_loss(self, mb, value_mask, advantages, returns):
+        """Clipped policy loss + vf_coef * clipped value loss on one minibatch (a Rollout)."""
+        q = (mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask)
+        logprobs = logprobs_from_logits(response_logits(self.policy, *q), mb.response_ids, self.st.temperature)
+        pg, pg_stats = policy_loss(logprobs, mb.logprobs, advantages, mb.response_mask, self.st.clip)
+        vf, vf_stats = value_loss(response_values(self.value, *q), mb.values, returns, value_mask, self.st.value_clip)
+        stats = {"policy_loss": pg.detach(), "value_loss": vf.detach(), **pg_stats, **vf_stats}
+        return pg + self.st.vf_coef * vf, stats
+
+    def _ptx_loss(self, b: dict) -> torch.Tensor:
+        """Pretraining LM loss of the policy on right-padded texts (the gamma term of Eq. 2)."""
+        logits = self.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+        return lm_loss(logits, b["labels"])[0]
+
+    def _step(self, opt, model, counted: bool) -> torch.Tensor:
+        """Clip ``model``'s gradient norm, step ``opt`` once, zero; returns the norm before clipping.
+
+        ``trainer.global_step`` (max_steps, checkpoint cadence, resume, data position) counts PPO
+        iterations. Lightning counts every ``LightningOptimizer.step()``, so only the iteration's
+        last policy step goes through it; the other steps call the strategy directly (the same
+        precision plugin and hooks, not counted).
+        """
+        max_norm = self.st.optim.max_grad_norm
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+        if counted:
+            opt.step()
+        else:
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+        opt.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def configure_optimizers(self):
+        o = self.st.optim
+        opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(o.betas), eps=o.eps)
+                for m, lr in ((self.policy, o.lr), (self.value, o.value_lr))]
+        warm = o.warmup_iterations
+
+        def warmup(it: int) -> float:  # 1/10 of peak at iteration 0, peak from `warm` on (paper)
+            return min(1.0, 0.1 + 0.9 * it / warm) if warm else 1.0
+        return [{"optimizer": opt, "lr_scheduler": {"scheduler": LambdaLR(opt, warmup), "name": f"lr/{name}"}}
+                for opt, name in zip(opts, ("policy", "value"))]
+
+    # -- checkpoint: KL controller in, frozen weights out (they reload from their final/) ------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["kl_controller"] = self.kl_ctl.state_dict()
+        for k in [k for k in checkpoint["state_dict"] if k.startswith(FROZEN)]:
+            del checkpoint["state_dict"][k]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN)})
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _log_samples(self, it: int, prompts: list[str], ep) -> None:
+        """Every ``log_samples_every`` iterations: a few (prompt, response, score) rows to
+        ``samples.jsonl`` (appended; a resumed run may repeat an iteration) and the wandb table."""
+        every, n = self.st.log_samples_every, self.st.log_samples
+        if not every or it % every or not n or not self.trainer.is_global_zero:
+            return
+        ro = ep.rollout
+        rows = [{"iteration": it, "prompt": prompts[i],
+                 "response": self.tok.decode(ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
+                 "score": ro.scores[i].item(), "rm_score_raw": ep.rm_score_raw[i].item(), "eos": bool(ep.has_eos[i])}
+                for i in range(min(n, len(prompts)))]
+        if self.samples_path:
+            with open(self.samples_path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                lg.log_table(key="samples", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+

@@ -1,0 +1,64 @@
+"""``stage=bestofn``: the cheap check before PPO. Does the RM pick better samples than chance?
+
+For validation prompts, n samples each from the policy (``init``). The judge compares
+(a) the RM's best of n and (b) the judge's own best of n against (c) one sample; with the
+built-in world the gold score of each is reported too. If the RM's best of n is no better than
+one sample, PPO against this RM is unlikely to beat SFT (measured here: shared notes); the
+log and the report say so plainly.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhf import feedback
+from rlhf.data.formats import read_jsonl
+from rlhf.data.sources import data_file
+from rlhf.eval.measure import mean_ci, rm_scores
+from rlhf.handoff import provenance, save_json
+from rlhf.models.generate import sample
+from rlhf.models.reward import load_reward_model
+from rlhf.stages.eval import judge_pairs
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, sdir: Path) -> dict:
+    st = cfg.stage
+    if not cfg.get("init") or not st.get("reward_model"):
+        raise ValueError("stage=bestofn needs init=<policy final/> and stage.reward_model=<RM final/>")
+    torch.manual_seed(cfg.seed)
+    prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
+    tok, model = AutoTokenizer.from_pretrained(cfg.init), AutoModelForCausalLM.from_pretrained(cfg.init)
+    groups = sample(model, tok, prompts, cfg.data.template, n=st.n,
+                    max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
+    rm, rm_tok = load_reward_model(st.reward_model).eval(), AutoTokenizer.from_pretrained(st.reward_model)
+    flat_p = [p for p in prompts for _ in range(st.n)]
+    r = rm_scores(rm, rm_tok, flat_p, [o for g in groups for o in g], cfg.data.template).view(len(prompts), st.n)
+    judge = feedback.load(cfg.judge)
+    picks = {"one_sample": [g[0] for g in groups],
+             "rm_best": [g[i] for g, i in zip(groups, r.argmax(-1).tolist())],
+             "judge_best": [g[feedback.rank_by_preferences(judge, p, g)[0]] for p, g in zip(prompts, groups)]}
+    metrics, rng = {}, random.Random(cfg.seed)
+    for name, texts in picks.items():
+        figs = {"win_rate_vs_one": mean_ci(judge_pairs(judge, prompts, texts, picks["one_sample"], rng))}
+        if cfg.data.get("world") is not None:
+            from rlhf.data.world.gold import gold_score
+            figs["gold"] = mean_ci([gold_score(p, t) for p, t in zip(prompts, texts)])
+        for key, (m, lo, hi) in figs.items():
+            metrics[f"{name}/{key}"], metrics[f"{name}/{key}_lo"], metrics[f"{name}/{key}_hi"] = m, lo, hi
+    helps = metrics["rm_best/win_rate_vs_one_lo"] > 0.5
+    verdict = (f"RM best-of-{st.n} beats one sample (win rate {metrics['rm_best/win_rate_vs_one']:.3f}): "
+               "the RM ranks this policy's samples usefully." if helps else
+               f"WARNING: the RM's best of {st.n} is no better than one sample (win rate "
+               f"{metrics['rm_best/win_rate_vs_one']:.3f}, 95% CI includes 0.5): PPO against this RM is "
+               "unlikely to beat SFT. More or better comparisons come first.")
+    (log.info if helps else log.warning)("best-of-n: %s", verdict)
+    metrics["rm_helps"] = float(helps)
+    save_json(sdir / "final", provenance(cfg, metrics, verdict=verdict, judge=repr(judge)))
+    return metrics

@@ -1,0 +1,78 @@
+"""Stage wiring for ``stage=ppo``: PPO and PPO-ptx (paper §3.5, Eq. 2).
+
+    rlhf-train stage=ppo init=outputs/quick/sft/final stage.reward_model=outputs/quick/rm/final
+    rlhf-train stage=ppo ... ptx=paper kl=adaptive        # PPO-ptx, adaptive beta
+
+Four models: the policy (trainable) and the reference (frozen copy) from ``init`` (an SFT
+``final/``); the RM (frozen) and the value model (trainable copy, paper: initialised from the
+RM) from ``stage.reward_model``. Dropout is off in all four. ``export`` writes the EMA policy.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoTokenizer
+
+from rlhf.algos.kl import AdaptiveKLController, FixedKLController
+from rlhf.data.prompts import PromptDataModule
+from rlhf.data.sources import data_file
+from rlhf.handoff import save_hf
+from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout, weights_source
+from rlhf.models.reward import load_reward_model
+from rlhf.modules.ppo import PPOModule
+
+
+def kl_controller(kl: DictConfig):
+    if kl.controller == "fixed":
+        return FixedKLController(kl.coef)
+    if kl.controller == "adaptive":
+        return AdaptiveKLController(kl.coef, kl.target, kl.horizon)
+    raise ValueError(f"kl.controller={kl.controller!r}: expected 'fixed' or 'adaptive'")
+
+
+def _check(cfg: DictConfig) -> None:
+    st = cfg.stage
+    if not weights_source(cfg):
+        raise ValueError("stage=ppo starts from an SFT model: set init=<sft stage dir>/final")
+    if not st.reward_model:
+        raise ValueError("stage=ppo needs a reward model: set stage.reward_model=<rm stage dir>/final")
+    if st.batch_size % st.minibatch_size:
+        raise ValueError(f"stage.batch_size={st.batch_size} must be a multiple of "
+                         f"stage.minibatch_size={st.minibatch_size}")
+    if st.iterations is None and cfg.trainer.max_steps < 0:
+        raise ValueError("stage.iterations=null runs forever: set trainer.max_steps")
+    if cfg.ptx.coef > 0 and cfg.ptx.examples_per_episode <= 0:
+        raise ValueError("ptx.coef > 0 needs ptx.examples_per_episode > 0")
+
+
+def setup(cfg: DictConfig, sdir: Path):
+    _check(cfg)
+    st, data = cfg.stage, cfg.data
+    tok = load_tokenizer(cfg, sdir / "tokenizer", corpus=lambda: ())  # the SFT checkpoint's own
+    if AutoTokenizer.from_pretrained(st.reward_model).get_vocab() != tok.get_vocab():
+        raise ValueError(f"the reward model {st.reward_model} and the policy {weights_source(cfg)} "
+                         "have different tokenizers")
+    policy, rm = build_causal_lm(cfg, tok), load_reward_model(st.reward_model)
+    for m in (policy, rm):
+        set_dropout(m, 0.0)  # RL runs without dropout (PAPER.md, implementation details)
+    steps_per_iteration = st.ppo_epochs * (st.batch_size // st.minibatch_size)
+    ptx_on = cfg.ptx.coef > 0
+    dm = PromptDataModule(
+        tok, str(data_file(cfg, st.prompts)), st.batch_size, data.template, data.max_prompt_tokens,
+        st.iterations, seed=cfg.seed, ptx_file=str(data_file(cfg, cfg.ptx.data)) if ptx_on else None,
+        # paper: examples_per_episode x the minibatch's episodes with every optimizer step
+        ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
+        max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens)
+    module = PPOModule(policy, copy.deepcopy(policy), rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
+                       kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
+                       samples_path=sdir / "samples.jsonl")
+    module.export_info = {"reward_model": str(st.reward_model), "ema_decay": st.ema_decay,
+                          "kl": OmegaConf.to_container(cfg.kl), "ptx": OmegaConf.to_container(cfg.ptx)}
+    return module, dm, tok, []
+
+
+def export(module: PPOModule, tok, out_dir: Path, info: dict) -> Path:
+    info.update(module.export_info, kl_coef_final=module.kl_ctl.value)
+    return save_hf(module.export_model(), tok, out_dir, info)
