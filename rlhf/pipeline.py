@@ -73,6 +73,9 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
         results[step], _ = train(step_config(cfg, overrides, step, wiring))
         if step == "pretrain":
             base = fin("pretrain")
+        if step == "bestofn":  # said again when skipped, so a resumed run shows it too
+            info = json.loads((run / "bestofn" / "final" / "rlhf.json").read_text())
+            (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
         if step == "select":  # PPO starts from (and is penalised towards) the chosen SFT epoch
             policy = json.loads((run / "select" / "final" / "rlhf.json").read_text())["selected"]
         log.info("step %s: %s", step, {k: round(v, 4) for k, v in results[step].items()})

@@ -20,6 +20,7 @@ from rlhf.handoff import metrics_rows  # noqa: E402
 METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
 PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
 FIGURES = ["win_rate.png", "ppo_training.png", "alignment_tax.png"]
+BEST_OF_N = {"one_sample": "one sample", "rm_best": "RM's best of {n}", "judge_best": "judge's best of {n}"}
 
 
 def _info(run_dir: Path, stage: str) -> dict | None:
@@ -47,6 +48,37 @@ def methods_table(metrics: dict) -> dict[str, dict[str, list[float]]]:
         table.setdefault(method, {})[fig] = [value, metrics.get(f"{key}_lo", value), metrics.get(f"{key}_hi", value)]
     order = [m for m in METHODS if m in table] + sorted(set(table) - set(METHODS))
     return {m: table[m] for m in order}
+
+
+def best_of_n(info: dict | None) -> dict | None:
+    """The best-of-n check from bestofn's rlhf.json: {n, n_prompts, judge, policy, picks, rm_helps, verdict}.
+
+    picks: {one_sample | rm_best | judge_best: {win_rate_vs_one | gold: [mean, lo, hi]}}.
+    """
+    if not info:
+        return None
+    picks = methods_table({k: v for k, v in info["metrics"].items() if k.split("/")[0] in BEST_OF_N})
+    return {"n": info.get("n"), "n_prompts": info.get("n_prompts"), "judge": info.get("judge"),
+            "policy": info.get("init"), "picks": {p: picks[p] for p in BEST_OF_N if p in picks},
+            "rm_helps": bool(info["metrics"].get("rm_helps")), "verdict": info.get("verdict")}
+
+
+def best_of_n_markdown(bon: dict | None) -> list[str]:
+    """The summary's "Best-of-n check" section (no lines without a bestofn stage)."""
+    if not bon:
+        return []
+    n = bon.get("n") or "n"
+    cols = [c for c in ("win_rate_vs_one", "gold") if any(c in f for f in bon["picks"].values())]
+    lines = ["## Best-of-n check", "",
+             f"Before PPO: {n} samples per prompt from {bon['policy']} on {bon['n_prompts']} validation prompts; "
+             f"the pick of one sample, of the RM and of the judge ({bon['judge']}), each judged against one "
+             "sample (ties count half). If the RM's best of n is no better than one sample, PPO against "
+             "this RM is unlikely to beat SFT.", "",
+             "| pick | " + " | ".join(c.replace("_", " ") for c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
+    for pick, figs in bon["picks"].items():
+        lines.append(f"| {BEST_OF_N[pick].format(n=n)} | " + " | ".join(_fmt(figs.get(c)) for c in cols) + " |")
+    verdict = bon.get("verdict") or ""
+    return lines + ["", f"**{verdict}**" if not bon["rm_helps"] else verdict, ""]
 
 
 def _fmt(v: list[float] | None, ci: bool = True) -> str:
@@ -101,6 +133,8 @@ def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
     report = {"run": str(run_dir), "judge": ev.get("judge"), "n_prompts": ev.get("n_prompts"),
               "samples_per_prompt": ev.get("samples_per_prompt"), "methods": table,
               "ppo_curves": curves, **{s: m for s, m in stages.items() if m}}
+    if bon := best_of_n(_info(run_dir, "bestofn")):
+        report["best_of_n"] = bon
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_win_rates(table, out / FIGURES[0])
     plot_ppo(curves, out / FIGURES[1])
@@ -117,7 +151,8 @@ def summary_markdown(report: dict, samples: Path, n_examples: int) -> str:
              "| method | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for m, figs in report["methods"].items():
         lines.append(f"| {m} | " + " | ".join(_fmt(figs.get(c), ci=c == "win_rate") for c in cols) + " |")
-    lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", "## Examples", ""]
+    lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", *best_of_n_markdown(report.get("best_of_n")),
+              "## Examples", ""]
     if samples.is_file():
         step = report.get("samples_per_prompt") or 1  # one example per prompt
         rows = [json.loads(line) for line in samples.open()][::step][: n_examples]

@@ -4,7 +4,9 @@ For validation prompts, n samples each from the policy (``init``). The judge com
 (a) the RM's best of n and (b) the judge's own best of n against (c) one sample; with the
 built-in world the gold score of each is reported too. If the RM's best of n is no better than
 one sample, PPO against this RM is unlikely to beat SFT (measured here: shared notes); the
-log and the report say so plainly.
+log and the report say so plainly. Writes ``final/rlhf.json``: ``{pick}/win_rate_vs_one`` and
+``{pick}/gold`` (mean, _lo, _hi) for pick in one_sample, rm_best, judge_best; ``rm_helps``;
+``verdict`` (the plain sentence); ``n``, ``n_prompts`` and the judge.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     judge = feedback.load(cfg.judge)
     picks = {"one_sample": [g[0] for g in groups],
              "rm_best": [g[i] for g, i in zip(groups, r.argmax(-1).tolist())],
-             "judge_best": [g[feedback.rank_by_preferences(judge, p, g)[0]] for p, g in zip(prompts, groups)]}
+             "judge_best": [g[feedback.judge_rank(judge, p, g)[0]] for p, g in zip(prompts, groups)]}
     metrics, rng = {}, random.Random(cfg.seed)
     for name, texts in picks.items():
         figs = {"win_rate_vs_one": mean_ci(judge_pairs(judge, prompts, texts, picks["one_sample"], rng))}
@@ -52,13 +54,23 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
             figs["gold"] = mean_ci([gold_score(p, t) for p, t in zip(prompts, texts)])
         for key, (m, lo, hi) in figs.items():
             metrics[f"{name}/{key}"], metrics[f"{name}/{key}_lo"], metrics[f"{name}/{key}_hi"] = m, lo, hi
-    helps = metrics["rm_best/win_rate_vs_one_lo"] > 0.5
-    verdict = (f"RM best-of-{st.n} beats one sample (win rate {metrics['rm_best/win_rate_vs_one']:.3f}): "
-               "the RM ranks this policy's samples usefully." if helps else
-               f"WARNING: the RM's best of {st.n} is no better than one sample (win rate "
-               f"{metrics['rm_best/win_rate_vs_one']:.3f}, 95% CI includes 0.5): PPO against this RM is "
-               "unlikely to beat SFT. More or better comparisons come first.")
-    (log.info if helps else log.warning)("best-of-n: %s", verdict)
+    helps = metrics["rm_best/win_rate_vs_one_lo"] > 0.5  # the 95% interval lies above a coin flip
     metrics["rm_helps"] = float(helps)
-    save_json(sdir / "final", provenance(cfg, metrics, verdict=verdict, judge=repr(judge)))
+    verdict = verdict_text(metrics, st.n)
+    (log.info if helps else log.warning)("best-of-n: %s", verdict)
+    save_json(sdir / "final", provenance(cfg, metrics, verdict=verdict, judge=feedback.describe(judge),
+                                         n=st.n, n_prompts=len(prompts)))
     return metrics
+
+
+def verdict_text(metrics: dict, n: int) -> str:
+    """The plain sentence for the log and the report: does the RM's best of n beat one sample?"""
+    win = metrics["rm_best/win_rate_vs_one"]
+    gold = (f" Gold score: one sample {metrics['one_sample/gold']:.3f}, RM's best {metrics['rm_best/gold']:.3f}, "
+            f"judge's best {metrics['judge_best/gold']:.3f}.") if "rm_best/gold" in metrics else ""
+    if metrics["rm_helps"]:
+        return (f"RM best-of-{n} beats one sample (win rate {win:.3f}): the RM ranks this policy's "
+                f"samples usefully.{gold}")
+    return (f"WARNING: the RM's best of {n} is no better than one sample (win rate {win:.3f}, 95% CI "
+            f"includes 0.5): PPO against this RM is unlikely to beat SFT. More or better comparisons "
+            f"come first.{gold}")

@@ -59,5 +59,5 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         log.info("collect %s: %s in %.1fs", split, counts, time.time() - t0)
         metrics.update({f"{split}/{k}": v for k, v in counts.items()})
         metrics[f"{split}/mean_k"] = counts["completions"] / max(1, counts["comparisons"])
-    save_json(sdir / "final", provenance(cfg, metrics, labeler=repr(labeler)))
+    save_json(sdir / "final", provenance(cfg, metrics, labeler=feedback.describe(labeler)))
     return metrics

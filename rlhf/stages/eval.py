@@ -94,6 +94,6 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         log.info("eval %s: %s", name, {k: round(v[0], 4) for k, v in m.items()})
     write_jsonl(sdir / "samples.jsonl", ({"prompt": p, **{n: responses[n][i] for n in runs}}
                                          for i, p in enumerate(flat)))
-    save_json(sdir / "final", provenance(cfg, metrics, judge=repr(judge), models=dict(models),
+    save_json(sdir / "final", provenance(cfg, metrics, judge=feedback.describe(judge), models=dict(models),
                                          n_prompts=len(prompts), samples_per_prompt=st.samples_per_prompt))
     return metrics

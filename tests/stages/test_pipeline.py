@@ -20,7 +20,7 @@ TINY_WORLD = ["data.world.n_pretrain=1500", "data.world.n_pretrain_val=100", "da
 def pipeline(tmp_path, *extra: str) -> tuple[dict, list[str]]:
     overrides = ["model=tiny", "model.vocab_size=600", f"output_root={tmp_path}", "run_name=p",
                  "trainer.enable_progress_bar=false", *TINY_WORLD, "+steps.pretrain.stage.batch_size=64",
-                 "+steps.pretrain.stage.epochs=2", "+steps.sft.stage.epochs=2", "+steps.collect.stage.num_samples=4",
+                 "run_order=[pretrain,sft,collect]", "+steps.pretrain.stage.epochs=2", "+steps.sft.stage.epochs=2", "+steps.collect.stage.num_samples=4",
                  *extra]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         return run_pipeline(compose("pipeline", overrides=overrides), overrides), overrides
