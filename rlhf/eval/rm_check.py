@@ -13,7 +13,6 @@ import argparse
 import itertools
 import json
 import random
-from pathlib import Path
 
 from transformers import AutoTokenizer
 
