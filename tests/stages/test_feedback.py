@@ -90,7 +90,7 @@ def test_a_user_labeler_ranks_the_policys_samples_on_user_prompts(setup, collect
         lengths = [len(rec["completions"][i].split()) for i in rec["ranking"]]
         assert lengths == sorted(lengths)
     info = json.loads(open(f"{run}/collect/final/rlhf.json").read())
-    assert "<function rank" in info["labeler"]  # collect records repr(labeler)
+    assert info["labeler"] == "fb_stage_user.rank"  # collect records which labeler ranked
     rm_info = json.loads(open(f"{rm}/rlhf.json").read())  # ... and the RM trained on them
     assert rm_info["data_counts"]["train"]["kept"] == len(train_recs)
 
