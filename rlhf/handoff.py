@@ -20,6 +20,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.distributed import full_model
+
 PROVENANCE = "rlhf.json"
 
 
@@ -93,5 +95,8 @@ class EpochExport(pl.Callback):
         self.sdir, self.tokenizer = sdir, tokenizer
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            save_hf(module.model, self.tokenizer, self.sdir / "epochs" / f"epoch_{trainer.current_epoch}")
+        if trainer.sanity_checking:
+            return
+        model = full_model(trainer, module.model)  # sharded strategies: every rank takes part in the gather
+        if trainer.is_global_zero:
+            save_hf(model, self.tokenizer, self.sdir / "epochs" / f"epoch_{trainer.current_epoch}")

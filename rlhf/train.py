@@ -12,10 +12,13 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.distributed import build_strategy, gather_for_export
 from rlhf.handoff import is_finished, last_checkpoint, provenance, read_provenance, save_config, stage_dir
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def build_trainer(cfg: DictConfig, sdir, callbacks: list) -> pl.Trainer:
     kwargs = OmegaConf.to_container(OmegaConf.merge(cfg.trainer, cfg.stage.get("trainer") or {}), resolve=True)
     if kwargs.get("precision") == "auto":
         kwargs["precision"] = auto_precision()
-    strategy = instantiate(cfg.strategy) if "_target_" in cfg.strategy else cfg.strategy.name
+    strategy = build_strategy(cfg)
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else False
     ckpt = ModelCheckpoint(dirpath=sdir / "checkpoints", save_last=True, save_top_k=0,
                            every_n_train_steps=cfg.stage.get("save_every_n_steps"))
@@ -65,16 +68,31 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
         log.info("resuming %s from %s", cfg.stage.name, ckpt)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    gather_for_export(trainer, module)  # sharded strategies: whole models on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         counts = {s: vars(c) for s, c in getattr(datamodule, "counts", {}).items()}
         stage.export(module, tok, sdir / "final", provenance(cfg, metrics, data_counts=counts))
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "tokenizer": tok}
 
 
+def use_job_dir_in_multirun(cfg: DictConfig, key: str = "stage_dir") -> None:
+    """In a multirun (``-m``), ``cfg[key]`` becomes the job's own Hydra directory
+    (``hydra.sweep.dir/<job num>/``, next to ``.hydra/overrides.yaml``); otherwise every job of a
+    sweep would share one directory and resume, or skip, the others' run. A requeued job keeps its
+    directory, so it resumes from its own ``last.ckpt``. Single runs and ``train(cfg)`` are unchanged."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        cfg[key] = HydraConfig.get().runtime.output_dir
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
+    """Returns ``metrics[cfg.objective]``, what Hydra sweepers (Optuna) optimise."""
+    use_job_dir_in_multirun(cfg)
     metrics, _ = train(cfg)
-    return metrics.get(cfg.get("objective", "val/loss"))
+    if cfg.objective not in metrics and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.warning("objective=%s is not a metric of stage %s (it logs %s): this job returns None",
+                    cfg.objective, cfg.stage.name, ", ".join(sorted(metrics)))
+    return metrics.get(cfg.objective)
 
 
 if __name__ == "__main__":

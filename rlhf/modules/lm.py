@@ -8,6 +8,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.algos.lm_loss import IGNORE, lm_loss
+from rlhf.distributed import clip_gradients, shard
 
 
 def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
@@ -30,6 +31,12 @@ class LMModule(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=model.config.vocab_size, ignore_index=IGNORE,
                                           average="micro", validate_args=False)
+
+    def configure_model(self) -> None:
+        shard(self, self.model)  # strategy=fsdp2: FSDP2 per transformer block; other strategies: nothing
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # strategy=fsdp clips its own way
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -30,6 +30,7 @@ from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
 from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
 from rlhf.data.prompts import split_ptx
+from rlhf.distributed import clip_grad_norm, gathered, is_sharded, shard
 from rlhf.rollout import check_finite, response_logits, response_values, rollout
 
 FROZEN = ("reference.", "reward_model.")  # state_dict prefixes reloaded from their final/ dirs
@@ -63,6 +64,13 @@ class PPOModule(pl.LightningModule):
                 m.eval()  # frozen models stay in eval mode whatever Lightning asks
         return self
 
+    def configure_model(self) -> None:
+        """strategy=fsdp2: every model sharded per transformer block, the frozen ones and the EMA too."""
+        shard(self, self.policy, self.value)
+        shard(self, self.reference, self.reward_model, *([self.ema.module] if self.ema else []), trainable=False)
+        if is_sharded(self.policy):  # FSDP2 loads a checkpoint's weights before on_load_checkpoint could
+            self.strict_loading = False  # add the frozen ones: they keep what setup loaded from disk
+
     def export_model(self):
         """The policy to hand on: the EMA weights (paper), or the policy itself without EMA."""
         return self.ema.module if self.ema is not None else self.policy
@@ -74,7 +82,8 @@ class PPOModule(pl.LightningModule):
         torch.manual_seed(hash((self.seed, it, self.global_rank)) & (2**63 - 1))
         t0 = self._now()
         ep = rollout(self.policy, self.reference, self.value, self.reward_model,
-                     batch["input_ids"], batch["attention_mask"], **self.sampling)
+                     batch["input_ids"], batch["attention_mask"], **self.sampling,
+                     full_params=lambda: gathered(self.policy))  # sharded: weights gathered once per rollout
         ro, mask, beta = ep.rollout, ep.rollout.response_mask, self.kl_ctl.value
         rewards, seq_kl, advantages, returns = self._advantages(ep, beta, it)
         t1 = self._now()
@@ -153,7 +162,7 @@ class PPOModule(pl.LightningModule):
         precision plugin and hooks, not counted).
         """
         max_norm = self.st.optim.max_grad_norm
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+        norm = clip_grad_norm(model, max_norm if max_norm else float("inf"))  # FSDP2: a DTensor norm made plain
         if counted:
             opt.step()
         else:
@@ -180,7 +189,8 @@ class PPOModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
-        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN)})
+        if "state_dict" in checkpoint:  # FSDP2 has loaded (and removed) the weights already
+            checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN)})
 
     # -- helpers ---------------------------------------------------------------------------
     def _now(self) -> float:

@@ -6,6 +6,7 @@ import torch
 from torchmetrics import MeanMetric, Metric
 
 from rlhf.algos.ranking import kway_ranking_loss
+from rlhf.distributed import clip_gradients, shard
 from rlhf.models.reward import sequence_rewards
 from rlhf.modules.lm import adamw_cosine
 
@@ -60,6 +61,12 @@ class RewardModule(pl.LightningModule):
         self.train_acc = PairwiseAccuracy()
         self.val_acc, self.val_std = PairwiseAccuracy(), RewardStd()
         self.val_loss, self.val_mean, self.val_margin = MeanMetric(), MeanMetric(), MeanMetric()
+
+    def configure_model(self) -> None:
+        shard(self, self.model)  # strategy=fsdp2: FSDP2 per transformer block; other strategies: nothing
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # strategy=fsdp clips its own way
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, Kmax) raw rewards: the N flattened completions scattered back to their prompts."""
