@@ -28,9 +28,13 @@ from rlhf.models.generate import sample
 log = logging.getLogger(__name__)
 
 
-def few_shot_template(tok, demos: list[dict], template: str) -> str:
-    """The template with k demonstrations in front: the paper's "prompted" GPT-3 baseline."""
-    shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + tok.eos_token for d in demos)
+def few_shot_template(demos: list[dict], template: str) -> str:
+    """The template with k demonstrations in front: the paper's "prompted" GPT-3 baseline.
+
+    Shots are joined by newlines, not EOS: one document of answered prompts, like a quiz page
+    with its answers; after an EOS a base model starts a new document and forgets the shots.
+    """
+    shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + "\n" for d in demos)
     return shots.replace("{", "{{").replace("}", "}}") + template
 
 
@@ -58,7 +62,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if st.prompted and "base" in models:
         tok = AutoTokenizer.from_pretrained(models["base"])
         demos = read_jsonl(data_file(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
-        runs["prompted"] = (models["base"], few_shot_template(tok, demos, template))
+        runs["prompted"] = (models["base"], few_shot_template(demos, template))
     ref_path, max_tokens = models[st.reference], cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     ref_tok, ref = AutoTokenizer.from_pretrained(ref_path), AutoModelForCausalLM.from_pretrained(ref_path)
     ref_loss = text_loss(ref, ref_tok, texts, max_tokens)

@@ -5,6 +5,8 @@ import pytest
 
 from rlhf.data.world import FILES, write_world
 from rlhf.data.world.cli import main
+from rlhf.data.world.corpus import CHATTER
+from rlhf.data.world.gold import gold_score
 from rlhf.data.world.tasks import FAMILIES, family_of
 
 SMALL = dict(n_pretrain=400, n_pretrain_val=50, n_sft=90, n_sft_val=27, n_rm=90, n_ppo=45,
@@ -87,3 +89,26 @@ def test_cli_writes_the_world_and_prints_agreement(tmp_path, capsys):
           "--n-ppo", "18", "--n-val", "18", "--n-test", "18", "--n-sft-val", "18"])
     out = capsys.readouterr().out
     assert "agreement: training labelers" in out and (tmp_path / "cli" / "world.json").is_file()
+
+
+def test_corpus_answers_a_few_prompts_and_only_continues_the_rest(world):
+    """Answered pages (a prompt followed by its answer) are rare, mostly right, and never
+    hold a split prompt: what a few-shot prefix can draw on, and no more."""
+    def is_prompt(line):
+        try:
+            family_of(line)
+            return True
+        except ValueError:
+            return False
+
+    texts = [r["text"] for r in read(world["pretrain_train"])]
+    answered = []
+    for text in texts:
+        lines = text.split("\n")
+        if len(lines) > 1 and is_prompt(lines[0]) and not is_prompt(lines[1]) and lines[1] not in CHATTER:
+            answered.append(list(zip(lines[::2], lines[1::2])))
+    assert 0.02 < len(answered) / len(texts) < 0.1
+    golds = [gold_score(p, a) for page in answered for p, a in page]
+    assert 0.6 < sum(golds) / len(golds) < 0.95
+    split = {r["prompt"] for name in PROMPT_FILES for r in read(world[name])}
+    assert not split & {p for page in answered for p, _ in page}

@@ -1,18 +1,21 @@
 """The pretraining corpus: the world's "internet text".
 
-Three kinds of lines, so that a base model learns the skills but not the habit of answering:
+Four kinds of lines, so that a base model learns the skills but rarely the habit of answering:
 - generic text: short everyday sentences over the world's vocabulary;
 - skills in non-instruction form: "the words cat dog sun in reverse order are sun dog cat.";
 - instruction-shaped text whose continuation is unhelpful: a prompt followed by more
-  prompts or chatter, never by its answer (like quiz pages and forum posts). A base model
-  trained on it tends to continue a prompt rather than answer it, as GPT-3 does.
+  prompts or chatter, not by its answer (like quiz pages and forum posts). A base model
+  trained on it tends to continue a prompt rather than answer it, as GPT-3 does;
+- a few answered pages (5%): prompts each followed by an answer, mostly right (like a quiz
+  with its answers). After a prompt alone the answer is unlikely, but after prompts that
+  were answered it is likely: that is what a few-shot prefix ("prompted GPT-3") exploits.
 """
 from __future__ import annotations
 
 import random
 import re
 
-from .tasks import FAMILIES
+from .tasks import FAMILIES, parse_prompt
 from .vocab import (ADJECTIVES, CATEGORIES, HARMFUL, HOWTO, PEOPLE, PLACES, PLURALS, TOPICS,
                     VERBS_PAST)
 
@@ -96,9 +99,21 @@ def instruction_text(rng: random.Random, families: list[str], avoid: set[str]) -
     return "\n".join(parts)
 
 
+def answered_text(rng: random.Random, families: list[str], avoid: set[str]) -> str:
+    """2-4 prompts each followed by its answer, 80% right, in the "{prompt}\n" format."""
+    parts = []
+    for _ in range(rng.randint(2, 4)):
+        prompt = _prompt(rng, families, avoid)
+        family, args = parse_prompt(prompt)
+        parts += [prompt, family.answer(args, rng) if rng.random() < 0.8 else family.wrong(args, rng)]
+    return "\n".join(parts)
+
+
 def corpus_line(rng: random.Random, families: list[str], avoid: set[str]) -> str:
     r = rng.random()
-    if r < 0.2:
+    if r < 0.05:
+        return answered_text(rng, families, avoid)
+    if r < 0.25:
         return instruction_text(rng, families, avoid)
     n = rng.randint(1, 3)  # a short paragraph mixing generic text and facts
     return " ".join(skill_sentence(rng, families) if rng.random() < 0.45 else
