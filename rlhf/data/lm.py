@@ -8,6 +8,7 @@ Both are counted and logged, never silent.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -68,11 +69,19 @@ def collate_right(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 class LMDataModule(pl.LightningDataModule):
-    """Train/val loaders over a text (pretrain) or demonstration (SFT) JSONL pair."""
+    """Train/val loaders over a text (pretrain) or demonstration (SFT) JSONL pair.
+
+    ``mix_file`` + ``mix_fraction``: that fraction of the training examples are pretraining texts
+    (full loss), drawn at random from ``mix_file``; the paper's PPO init is SFT with 10% mixed in.
+    """
 
     def __init__(self, tok, kind: str, train_file: str, val_file: str, batch_size: int,
-                 template: str, max_prompt_tokens: int, max_response_tokens: int, seed: int = 0):
+                 template: str, max_prompt_tokens: int, max_response_tokens: int, seed: int = 0,
+                 mix_file: str | None = None, mix_fraction: float = 0.0):
         super().__init__()
+        if not 0.0 <= mix_fraction < 1.0 or (mix_fraction > 0 and not mix_file):
+            raise ValueError(f"pretrain mix: fraction {mix_fraction} must be in [0, 1) and needs a text file")
+        self.mix_file, self.mix_fraction = mix_file, mix_fraction
         self.tok, self.kind, self.files = tok, kind, {"train": train_file, "val": val_file}
         self.batch_size, self.template, self.seed = batch_size, template, seed
         self.max_prompt, self.max_response = max_prompt_tokens, max_response_tokens
@@ -89,8 +98,20 @@ class LMDataModule(pl.LightningDataModule):
                 self.data[split] = encode_demonstrations(
                     records, self.tok, self.template, self.max_prompt, self.max_response, counts)
             self.counts[split] = counts
+            if split == "train" and self.mix_fraction > 0:
+                self.data[split] += self._mix(len(self.data[split]))
             log.info("%s %s: %d examples, %d dropped (prompt > %d tokens), %d truncated",
                      split, path, counts.kept, counts.dropped_long_prompt, self.max_prompt, counts.truncated_response)
+
+    def _mix(self, n_main: int) -> list[dict]:
+        texts = read_jsonl(self.mix_file, "text")
+        n = round(n_main * self.mix_fraction / (1 - self.mix_fraction))
+        if n > len(texts):
+            raise ValueError(f"{self.mix_file}: {len(texts)} texts, but a pretrain mix of "
+                             f"{self.mix_fraction} over {n_main} examples needs {n}")
+        picked = random.Random(self.seed).sample(texts, n)
+        log.info("train: %d pretraining texts from %s mixed in (%.0f%%)", n, self.mix_file, 100 * self.mix_fraction)
+        return encode_texts(picked, self.tok, self.max_prompt + self.max_response, Counts())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)

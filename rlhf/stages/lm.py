@@ -32,7 +32,9 @@ def setup(cfg: DictConfig, sdir: Path):
     dm = LMDataModule(
         tok, st.data_kind, str(data_file(cfg, st.train_data)), str(data_file(cfg, st.val_data)),
         batch_size=st.batch_size, template=cfg.data.template, seed=cfg.seed,
-        max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens)
+        max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
+        mix_file=str(data_file(cfg, "pretrain_train")) if st.get("pretrain_mix") else None,
+        mix_fraction=st.get("pretrain_mix") or 0.0)
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return LMModule(model, st.optim), dm, tok, callbacks
 

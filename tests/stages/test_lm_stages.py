@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_config
+from rlhf.algos.lm_loss import IGNORE
 from rlhf.handoff import metrics_rows, read_provenance
 from rlhf.train import train
 
@@ -102,3 +103,17 @@ def test_wandb_logger_works_offline(pretrained, toy_overrides, tmp_path, monkeyp
                        "run_name=wb"]))
     assert list((tmp_path / "wb" / "sft" / "wandb").glob("offline-run-*"))
     assert list((tmp_path / "wb" / "sft" / "logs").glob("version_*/metrics.csv"))
+
+
+def test_sft_mixes_in_pretraining_texts_with_full_loss(pretrained, toy_overrides):
+    """stage.pretrain_mix=0.2: a fifth of the training examples are pretraining texts (the
+    paper's PPO init); validation stays demonstrations only."""
+    cfg = make_config([*toy_overrides, "stage=sft", f"init={pretrained}", "stage.epochs=1",
+                       "stage.pretrain_mix=0.2", "stage.export_every_epoch=false"])
+    _, objs = train(cfg)
+    data = objs["datamodule"].data
+    texts = [r for r in data["train"] if IGNORE not in r["labels"]]  # demonstrations mask the prompt
+    assert len(data["train"]) == 500 and len(texts) == 100 and len(data["val"]) == 80
+    assert all(r["labels"] == r["input_ids"] for r in texts)
+    with pytest.raises(ValueError, match="fraction 1.0 must be in"):
+        train(make_config([*toy_overrides, "stage=sft", f"init={pretrained}", "stage.pretrain_mix=1.0", "force=true"]))
