@@ -60,9 +60,12 @@ def collate_comparisons(batch: list[dict], pad_id: int) -> dict[str, torch.Tenso
 
 
 class ComparisonDataModule(pl.LightningDataModule):
-    """Train/val loaders over comparison JSONL; ``batch_size`` counts prompts (paper: 64)."""
+    """Train/val loaders over comparison JSONL; ``batch_size`` counts prompts (paper: 64).
 
-    def __init__(self, tok, train_file: str, val_file: str, batch_size: int, template: str,
+    ``train_file`` may be a list: their comparisons are pooled (the paper's came from several models).
+    """
+
+    def __init__(self, tok, train_file: str | list[str], val_file: str, batch_size: int, template: str,
                  max_prompt_tokens: int, max_response_tokens: int, seed: int = 0):
         super().__init__()
         self.tok, self.files = tok, {"train": train_file, "val": val_file}
@@ -71,18 +74,22 @@ class ComparisonDataModule(pl.LightningDataModule):
         self.data, self.counts = {}, {}
 
     def setup(self, stage: str | None = None) -> None:
-        for split, path in self.files.items():
+        for split, paths in self.files.items():
             if split in self.data:
                 continue
-            counts = Counts()
-            self.data[split] = encode_comparisons(read_jsonl(path, "comparison"), self.tok, self.template,
-                                                  self.max_prompt, self.max_response, counts)
-            self.counts[split] = counts
-            if not self.data[split]:
-                raise DataError(f"{path}: every comparison was dropped (prompt > {self.max_prompt} tokens)")
-            log.info("%s %s: %d comparisons, %d dropped (prompt > %d tokens), %d completions truncated",
-                     split, path, counts.kept, counts.dropped_long_prompt, self.max_prompt,
-                     counts.truncated_response)
+            self.data[split], total = [], self.counts.setdefault(split, Counts())
+            for path in [paths] if isinstance(paths, str) else paths:
+                counts = Counts()
+                rows = encode_comparisons(read_jsonl(path, "comparison"), self.tok, self.template,
+                                          self.max_prompt, self.max_response, counts)
+                if not rows:
+                    raise DataError(f"{path}: every comparison was dropped (prompt > {self.max_prompt} tokens)")
+                self.data[split] += rows
+                for key, value in vars(counts).items():
+                    setattr(total, key, getattr(total, key) + value)
+                log.info("%s %s: %d comparisons, %d dropped (prompt > %d tokens), %d completions truncated",
+                         split, path, counts.kept, counts.dropped_long_prompt, self.max_prompt,
+                         counts.truncated_response)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)

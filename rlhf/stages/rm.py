@@ -33,7 +33,8 @@ def setup(cfg: DictConfig, sdir: Path):
     set_normalization(model)  # identity while training; export sets the new bias
     set_dropout(model, st.dropout)
     dm = ComparisonDataModule(
-        tok, str(data_file(cfg, st.train_data)), str(data_file(cfg, st.val_data)),
+        tok, [str(data_file(cfg, k)) for k in [st.train_data, *(st.get("extra_train_data") or [])]],
+        str(data_file(cfg, st.val_data)),
         batch_size=st.batch_size, template=data.template, seed=cfg.seed,
         max_prompt_tokens=data.max_prompt_tokens, max_response_tokens=data.max_response_tokens)
     normalize = {  # resolved now, so a missing file fails before training, not after

@@ -67,6 +67,16 @@ def test_long_prompts_are_dropped_and_counted(tok, tmp_path):
         datamodule(tok, write_jsonl(tmp_path / "l.jsonl", [long]), max_prompt=20)
 
 
+def test_several_training_files_are_pooled_and_counted(tok, tmp_path):
+    long = {"prompt": "reverse: " + "cat dog sun " * 30, "chosen": "a", "rejected": "b"}
+    a, b = write_jsonl(tmp_path / "a.jsonl", RECORDS), write_jsonl(tmp_path / "b.jsonl", [RECORDS[1], long])
+    dm = ComparisonDataModule(tok, [str(a), str(b)], str(a), batch_size=8, template=TEMPLATE,
+                              max_prompt_tokens=20, max_response_tokens=32)
+    dm.setup()
+    assert len(dm.data["train"]) == 4 and len(dm.data["val"]) == 3
+    assert dm.counts["train"].kept == 4 and dm.counts["train"].dropped_long_prompt == 1
+
+
 @pytest.mark.parametrize("bad,why", [
     ({"prompt": "p", "completions": ["a", "b", "c"], "ranking": [0, 1, 1]}, "not a permutation"),
     ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 2]}, "not a permutation"),
