@@ -20,7 +20,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.train import CONF_DIR, train
+from rlhf.train import CONF_DIR, train, use_job_dir_in_multirun
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
             "bestofn": {"init": policy, "stage.reward_model": fin("rm")},
             "eval": {"stage.models.base": base, "stage.models.sft": policy, "stage.reward_model": fin("rm"),
                      **{f"stage.models.{s}": fin(s) for s in PPO_STEPS if s in cfg.run_order}},
-        }.get(step, {"init": policy, "stage.reward_model": fin("rm")})  # the PPO steps
+        }.get(step, {"init": policy, "stage.reward_model": fin("rm"),  # the PPO steps
+                     **({} if step == "ppo_ptx" else {"ptx.coef": 0.0})})  # a global ptx.coef= is ppo_ptx's
         results[step], _ = train(step_config(cfg, overrides, step, wiring))
         if step == "pretrain":
             base = fin("pretrain")
@@ -78,14 +79,23 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
             (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
         if step == "select":  # PPO starts from (and is penalised towards) the chosen SFT epoch
             policy = json.loads((run / "select" / "final" / "rlhf.json").read_text())["selected"]
-        log.info("step %s: %s", step, {k: round(v, 4) for k, v in results[step].items()})
+        log.info("step %s: %s", step, {k: float(f"{v:.4g}") for k, v in results[step].items()})
     return results
 
 
 @hydra.main(config_path=CONF_DIR, config_name="pipeline", version_base=None)
-def main(cfg: DictConfig) -> None:
-    results = run_pipeline(cfg, list(HydraConfig.get().overrides.task))
+def main(cfg: DictConfig) -> float | None:
+    """Runs the pipeline; returns ``objective`` (``<step>/<metric>``), what Hydra sweepers optimise."""
+    overrides = list(HydraConfig.get().overrides.task)
+    if cfg.run_dir_per_job:  # a multirun's jobs must not share (and skip) each other's steps
+        use_job_dir_in_multirun(cfg, "run_dir")
+        overrides.append(f"run_dir={cfg.run_dir}")
+    results = run_pipeline(cfg, overrides)
     print(OmegaConf.to_yaml(OmegaConf.create(results)))
+    step, _, metric = cfg.objective.partition("/")
+    if metric not in results.get(step, {}):
+        log.warning("objective=%s: step %s has no metric %s; this run returns None", cfg.objective, step, metric)
+    return results.get(step, {}).get(metric)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -87,3 +90,16 @@ def test_eval_and_report_hold_every_figure(tiny_run):
         assert (report_dir / name).stat().st_size > 1000
     summary = (report_dir / "summary.md").read_text()
     assert "| prompted |" in summary and "## Examples" in summary
+
+
+def test_multirun_jobs_run_in_their_own_dirs(tmp_path):
+    """`rlhf-pipeline -m seed=0,1`: two runs, neither skipping the other's finished steps."""
+    cmd = [sys.executable, "-m", "rlhf.pipeline", "-m", "seed=0,1", "run_order=[pretrain]", "debug=fast",
+           "model=tiny", "model.vocab_size=600", *TINY_WORLD, f"output_root={tmp_path}",
+           f"hydra.sweep.dir={tmp_path}/sweep", "objective=pretrain/val/loss"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for job in ("0", "1"):
+        info = json.loads((tmp_path / "sweep" / job / "pretrain" / "final" / "rlhf.json").read_text())
+        assert info["seed"] == int(job)
+    assert "has no metric" not in done.stderr
