@@ -87,7 +87,9 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
 def main(cfg: DictConfig) -> float | None:
     """Runs the pipeline; returns ``objective`` (``<step>/<metric>``), what Hydra sweepers optimise."""
     overrides = list(HydraConfig.get().overrides.task)
-    if cfg.run_dir_per_job:  # a multirun's jobs must not share (and skip) each other's steps
+    # A multirun's jobs must not share (and skip) each other's steps: each runs in its own job dir,
+    # unless the sweep gives every job its own run_name (experiment=paper_sizes: run_dir_per_job=false).
+    if cfg.get("run_dir_per_job", True):
         use_job_dir_in_multirun(cfg, "run_dir")
         overrides.append(f"run_dir={cfg.run_dir}")
     results = run_pipeline(cfg, overrides)

@@ -33,7 +33,7 @@ def test_paper_sizes_multirun_writes_figure_1(tmp_path):
     from test_pipeline import TINY_WORLD
 
     ppo = {"iterations": 3, "batch_size": 16, "minibatch_size": 8}
-    cmd = [sys.executable, "-m", "rlhf.pipeline", "experiment=paper_sizes", "hydra.sweeper.params.model=tiny,small",
+    cmd = [sys.executable, "-m", "rlhf.pipeline", "experiment=paper_sizes", "hydra.sweeper.params.model='tiny,small'",
            f"output_root={tmp_path}", "model.vocab_size=600", "trainer.enable_progress_bar=false", *TINY_WORLD,
            f"hydra.sweep.dir={tmp_path}/multirun", "++steps.pretrain.stage.epochs=1", "++steps.sft.stage.epochs=1",
            "++steps.collect.stage.num_samples=4", "++steps.rm.stage.epochs=1",
