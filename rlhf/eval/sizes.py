@@ -1,6 +1,6 @@
 """The paper's Figure 1: every model size and method judged against one reference.
 
-Each size is its own pipeline run (``rlhf-pipeline -m experiment=paper_sizes`` sweeps ``model``)
+Each size is its own pipeline run (``rlhf-pipeline experiment=paper_sizes`` is a multirun over ``model``)
 and its ``eval/samples.jsonl`` holds responses to the same test prompts. Win rates inside one
 run are against that run's SFT; Figure 1 instead judges every (size, method) against the
 largest size's SFT, as the paper does against SFT 175B, so sizes can be compared.
