@@ -60,7 +60,6 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     flat = [p for p in prompts for _ in range(st.samples_per_prompt)]
     runs = {name: (path, template) for name, path in models.items()}
     if st.prompted and "base" in models:
-        tok = AutoTokenizer.from_pretrained(models["base"])
         demos = read_jsonl(data_file(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
         runs["prompted"] = (models["base"], few_shot_template(demos, template))
     ref_path, max_tokens = models[st.reference], cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
