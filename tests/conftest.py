@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from transformers import AutoTokenizer
 
-from rlhf.data.formats import write_jsonl
-from rlhf.train import CONF_DIR
+from rlhf.data.formats import read_jsonl, write_jsonl
+from rlhf.models.reward import load_reward_model, set_normalization
+from rlhf.train import CONF_DIR, train
 
 torch.set_num_threads(2)
 WORDS = "cat dog sun red blue tree fish bird milk rain star moon apple lamp door king".split()
@@ -46,3 +48,17 @@ def toy_overrides(toy_data, tmp_path) -> list[str]:
     return ["data=files", *(f"data.files.{k}={v}" for k, v in toy_data.items()),
             f"output_root={tmp_path}", "run_name=t", "model.vocab_size=300",
             "trainer.enable_progress_bar=false", "stage.batch_size=16"]
+
+
+def tiny_sft_and_rm(toy_data: dict[str, Path], out: Path, overrides: list[str]) -> dict[str, Path]:
+    """A tiny SFT final/ (``stage=sft debug=fast`` with ``overrides``), an RM dir built from it
+    (gain 1, bias 0.5) and a PPO prompt file: what the PPO and scale tests start from."""
+    train(make_config([*overrides, f"output_root={out}", "run_name=t", "stage=sft", "debug=fast",
+                       "stage.batch_size=16"]))
+    sft = out / "t" / "sft" / "final"
+    rm = load_reward_model(str(sft))
+    set_normalization(rm, 1.0, 0.5)
+    rm.save_pretrained(out / "rm")
+    AutoTokenizer.from_pretrained(sft).save_pretrained(out / "rm")
+    prompts = [{"prompt": r["prompt"]} for r in read_jsonl(toy_data["sft_train"], "demonstration")[:64]]
+    return {"sft": sft, "rm": out / "rm", "prompts": write_jsonl(out / "prompts.jsonl", prompts)}

@@ -9,12 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
-from conftest import make_config
-from rlhf.data.formats import read_jsonl, write_jsonl
-from rlhf.models.reward import load_reward_model, set_normalization
-from rlhf.train import train
+from conftest import tiny_sft_and_rm
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,16 +24,8 @@ def data_overrides(toy_data) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_models(toy_data, data_overrides, tmp_path_factory) -> dict[str, Path]:
     """A tiny SFT final/ (a few steps from scratch), an RM dir built from it, a PPO prompt file."""
-    out = tmp_path_factory.mktemp("scale_models")
-    train(make_config([*data_overrides, f"output_root={out}", "run_name=t", "stage=sft", "debug=fast",
-                       "stage.batch_size=16", "stage.export_every_epoch=false"]))
-    sft = out / "t" / "sft" / "final"
-    rm = load_reward_model(str(sft))
-    set_normalization(rm, 1.0, 0.5)
-    rm.save_pretrained(out / "rm")
-    AutoTokenizer.from_pretrained(sft).save_pretrained(out / "rm")
-    prompts = [{"prompt": r["prompt"]} for r in read_jsonl(toy_data["sft_train"], "demonstration")[:64]]
-    return {"sft": sft, "rm": out / "rm", "prompts": write_jsonl(out / "prompts.jsonl", prompts)}
+    return tiny_sft_and_rm(toy_data, tmp_path_factory.mktemp("scale_models"),
+                           [*data_overrides, "stage.export_every_epoch=false"])
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_config
-from rlhf.data.formats import read_jsonl, write_jsonl
+from conftest import make_config, tiny_sft_and_rm
 from rlhf.handoff import metrics_rows
-from rlhf.models.reward import load_reward_model, set_normalization
+from rlhf.models.reward import load_reward_model
 from rlhf.train import train
 
 # 8 episodes per iteration in 2 minibatches of 4, responses of at most 8 tokens
@@ -32,18 +31,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def models(toy_data, tmp_path_factory):
     """A tiny SFT final/, an RM dir built from it (bias 0.5), and a PPO prompt file."""
-    out = tmp_path_factory.mktemp("ppo_models")
-    ov = ["data=files", *(f"data.files.{k}={v}" for k, v in toy_data.items()), f"output_root={out}",
-          "run_name=t", "model.vocab_size=300", "trainer.enable_progress_bar=false", "stage=sft",
-          "debug=fast", "stage.batch_size=16"]
-    train(make_config(ov))
-    sft = out / "t" / "sft" / "final"
-    rm = load_reward_model(str(sft))
-    set_normalization(rm, 1.0, 0.5)
-    rm.save_pretrained(out / "rm")
-    AutoTokenizer.from_pretrained(sft).save_pretrained(out / "rm")
-    prompts = [{"prompt": r["prompt"]} for r in read_jsonl(toy_data["sft_train"], "demonstration")[:64]]
-    return {"sft": sft, "rm": out / "rm", "prompts": write_jsonl(out / "prompts.jsonl", prompts)}
+    ov = ["data=files", *(f"data.files.{k}={v}" for k, v in toy_data.items()), "model.vocab_size=300",
+          "trainer.enable_progress_bar=false"]
+    return tiny_sft_and_rm(toy_data, tmp_path_factory.mktemp("ppo_models"), ov)
 
 
 @pytest.fixture
