@@ -1,11 +1,15 @@
 """How good is a trained RM on the comparisons it was validated on? ``python -m rlhf.eval.rm_check``.
 
 On held-out comparisons (every pair of every prompt), the pairwise accuracy of
-- the RM, against the labelers' rankings;
+- the RM, against the labelers' rankings in the file;
 - a length-only baseline (longer is better), the cheap feature an RM may learn instead;
-- a second training labeler ranking the same completions (labeler-labeler agreement; the
-  paper's RM and labelers both sit near 72-73%);
-and, with the built-in world, how often each orders pairs like the gold judge (gold ties skipped).
+and, with the built-in world:
+- the RM, the file's labeler and length against ``n_relabel`` fresh training labelers ranking the
+  same completions again (``.../accuracy_vs_fresh_labelers``, averaged). The file's labeler
+  against a fresh one is the labeler-labeler agreement (``labelers/...``; the paper's RM and
+  labelers both sit near 72-73%); measuring the RM against the same fresh rankings compares the
+  two on equal terms, without the noise of one draw of labels;
+- how often each orders pairs like the gold judge (gold ties skipped).
 """
 from __future__ import annotations
 
@@ -32,42 +36,56 @@ def pair_agreement(rank_a: list[int], scores: list[float]) -> tuple[int, int]:
     return agree, total
 
 
-def check(rm_dir: str, comparisons: str, template: str = "{prompt}\n", world: bool = True, seed: int = 0) -> dict:
+def accuracy(rankings: list[list[int]], scores: list[list[float]]) -> float:
+    """Share of all ranked pairs, over every prompt, that ``scores`` order as ``rankings`` do."""
+    a = t = 0
+    for rank, s in zip(rankings, scores):
+        da, dt = pair_agreement(rank, s)
+        a, t = a + da, t + dt
+    return a / max(t, 1)
+
+
+def as_scores(ranking: list[int]) -> list[int]:
+    """A ranking (best first) as scores, higher is better."""
+    return [-ranking.index(i) for i in range(len(ranking))]
+
+
+def gold_agreement(gold: list[list[float]], scores: list[list[float]]) -> float:
+    """Share of the pairs gold does not tie that ``scores`` order as gold does (ties count half)."""
+    a = t = 0
+    for g, s in zip(gold, scores):
+        for i, j in itertools.combinations(range(len(g)), 2):
+            if g[i] != g[j]:
+                hi, lo = (i, j) if g[i] > g[j] else (j, i)
+                a, t = a + (2 if s[hi] > s[lo] else 1 if s[hi] == s[lo] else 0), t + 2
+    return a / max(t, 1)
+
+
+def check(rm_dir: str, comparisons: str, template: str = "{prompt}\n", world: bool = True,
+          seed: int = 0, n_relabel: int = 10) -> dict:
     recs = read_jsonl(comparisons, "comparison")
     rm, tok = load_reward_model(rm_dir).eval(), AutoTokenizer.from_pretrained(rm_dir)
-    flat_p = [r["prompt"] for r in recs for _ in r["completions"]]
-    flat_c = [c for r in recs for c in r["completions"]]
-    scores, k = rm_scores(rm, tok, flat_p, flat_c, template).tolist(), 0
-    judges = {"rm": [], "length": []}
-    for r in recs:
-        n = len(r["completions"])
-        judges["rm"].append(scores[k:k + n])
-        judges["length"].append([len(c.split()) for c in r["completions"]])
-        k += n
-    out = {}
+    flat = rm_scores(rm, tok, [r["prompt"] for r in recs for _ in r["completions"]],
+                     [c for r in recs for c in r["completions"]], template).tolist()
+    ends = list(itertools.accumulate(len(r["completions"]) for r in recs))
+    judges = {"rm": [flat[e - len(r["completions"]):e] for r, e in zip(recs, ends)],
+              "length": [[len(c.split()) for c in r["completions"]] for r in recs]}
+    file_ranks = [r["ranking"] for r in recs]
+    out = {f"{name}/accuracy_vs_labelers": accuracy(file_ranks, s) for name, s in judges.items()}
     if world:
         from rlhf.data.world.gold import gold_score
         from rlhf.data.world.labelers import LabelerPool
 
+        judges["labelers"] = [as_scores(r) for r in file_ranks]
         pool, rng = LabelerPool.training(seed), random.Random(seed)
-        judges["second_labeler"] = [[-r.index(i) for i in range(len(r))] for r in
-                                    (pool.rank(x["prompt"], x["completions"], rng) for x in recs)]
+        fresh = [[pool.rank(x["prompt"], x["completions"], rng) for x in recs] for _ in range(n_relabel)]
+        for name, s in judges.items():
+            out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / max(n_relabel, 1)
         gold = [[gold_score(x["prompt"], c) for c in x["completions"]] for x in recs]
-        for name, js in [("labelers", None), *judges.items()]:
-            a = t = 0
-            for x, g, s in zip(recs, gold, js or [[-x["ranking"].index(i) for i in range(len(x["ranking"]))] for x in recs]):
-                for i, j in itertools.combinations(range(len(g)), 2):
-                    if g[i] != g[j]:
-                        hi, lo = (i, j) if g[i] > g[j] else (j, i)
-                        a, t = a + (2 if s[hi] > s[lo] else 1 if s[hi] == s[lo] else 0), t + 2
-            out[f"{name}/agreement_with_gold"] = a / max(t, 1)
-    for name, js in judges.items():
-        a = t = 0
-        for x, s in zip(recs, js):
-            da, dt = pair_agreement(x["ranking"], s)
-            a, t = a + da, t + dt
-        out[f"{name}/accuracy_vs_labelers"] = a / t
-    out["n_comparisons"], out["n_pairs"] = len(recs), t // 2
+        for name, s in judges.items():
+            out[f"{name}/agreement_with_gold"] = gold_agreement(gold, s)
+        out["n_relabel"] = n_relabel
+    out["n_comparisons"], out["n_pairs"] = len(recs), sum(len(r) * (len(r) - 1) // 2 for r in file_ranks)
     return out
 
 
@@ -75,9 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rm_dir")
     ap.add_argument("comparisons", help="held-out comparisons JSONL (e.g. outputs/<run>/collect/comparisons_val.jsonl)")
-    ap.add_argument("--no-world", action="store_true", help="user data: skip the gold and second-labeler figures")
+    ap.add_argument("--no-world", action="store_true", help="user data: skip the fresh-labeler and gold figures")
+    ap.add_argument("--relabel", type=int, default=10, help="fresh training-labeler rankings per comparison (world)")
+    ap.add_argument("--seed", type=int, default=0, help="the world's seed (its training labelers)")
     args = ap.parse_args()
-    print(json.dumps(check(args.rm_dir, args.comparisons, world=not args.no_world), indent=2))
+    print(json.dumps(check(args.rm_dir, args.comparisons, world=not args.no_world, seed=args.seed,
+                           n_relabel=args.relabel), indent=2))
 
 
 if __name__ == "__main__":
