@@ -79,8 +79,9 @@ def check(rm_dir: str, comparisons: str, template: str = "{prompt}\n", world: bo
         judges["labelers"] = [as_scores(r) for r in file_ranks]
         pool, rng = LabelerPool.training(seed), random.Random(seed)
         fresh = [[pool.rank(x["prompt"], x["completions"], rng) for x in recs] for _ in range(n_relabel)]
-        for name, s in judges.items():
-            out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / max(n_relabel, 1)
+        if fresh:  # --relabel 0: no fresh figures
+            for name, s in judges.items():
+                out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / len(fresh)
         gold = [[gold_score(x["prompt"], c) for c in x["completions"]] for x in recs]
         for name, s in judges.items():
             out[f"{name}/agreement_with_gold"] = gold_agreement(gold, s)

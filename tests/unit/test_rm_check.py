@@ -61,3 +61,4 @@ def test_constant_rm_scores_one_half_and_user_data_skips_the_world(monkeypatch, 
     out = rm_check.check("rm", str(path), world=False)
     assert out["rm/accuracy_vs_labelers"] == 0.5  # every pair tied
     assert not any("fresh" in k or "gold" in k for k in out)
+    assert not any("fresh" in k for k in rm_check.check("rm", str(path), n_relabel=0))
