@@ -17,12 +17,19 @@ import argparse
 import itertools
 import json
 import random
+from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from rlhf.data.formats import read_jsonl
 from rlhf.eval.measure import rm_scores
 from rlhf.models.reward import load_reward_model
+from rlhf.score import rm_template
+
+
+def _vote(better: float, worse: float) -> int:
+    """2 if the scores order a pair right, 1 on a tie (half), 0 if wrong."""
+    return 2 if better > worse else 1 if better == worse else 0
 
 
 def pair_agreement(rank_a: list[int], scores: list[float]) -> tuple[int, int]:
@@ -31,7 +38,7 @@ def pair_agreement(rank_a: list[int], scores: list[float]) -> tuple[int, int]:
     agree = total = 0
     for i, j in itertools.combinations(range(len(rank_a)), 2):
         better, worse = (i, j) if pos[i] < pos[j] else (j, i)
-        agree += 2 if scores[better] > scores[worse] else 1 if scores[better] == scores[worse] else 0
+        agree += _vote(scores[better], scores[worse])
         total += 2
     return agree, total
 
@@ -57,13 +64,14 @@ def gold_agreement(gold: list[list[float]], scores: list[list[float]]) -> float:
         for i, j in itertools.combinations(range(len(g)), 2):
             if g[i] != g[j]:
                 hi, lo = (i, j) if g[i] > g[j] else (j, i)
-                a, t = a + (2 if s[hi] > s[lo] else 1 if s[hi] == s[lo] else 0), t + 2
+                a, t = a + _vote(s[hi], s[lo]), t + 2
     return a / max(t, 1)
 
 
-def check(rm_dir: str, comparisons: str, template: str = "{prompt}\n", world: bool = True,
+def check(rm_dir: str, comparisons: str, template: str | None = None, world: bool = True,
           seed: int = 0, n_relabel: int = 10) -> dict:
-    recs = read_jsonl(comparisons, "comparison")
+    """Every figure of the module docstring; ``template`` defaults to the RM's own (``rlhf.json``)."""
+    recs, template = read_jsonl(comparisons, "comparison"), template or rm_template(Path(rm_dir))
     rm, tok = load_reward_model(rm_dir).eval(), AutoTokenizer.from_pretrained(rm_dir)
     flat = rm_scores(rm, tok, [r["prompt"] for r in recs for _ in r["completions"]],
                      [c for r in recs for c in r["completions"]], template).tolist()
