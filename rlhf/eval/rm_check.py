@@ -9,7 +9,9 @@ and, with the built-in world:
   against a fresh one is the labeler-labeler agreement (``labelers/...``; the paper's RM and
   labelers both sit near 72-73%); measuring the RM against the same fresh rankings compares the
   two on equal terms, without the noise of one draw of labels;
-- how often each orders pairs like the gold judge (gold ties skipped).
+- how often each orders pairs like the gold judge (gold ties skipped);
+- the gold judge itself against the fresh labelers (``gold/accuracy_vs_fresh_labelers``): what an
+  RM that knew correctness exactly would reach, the ceiling the labelers' taste and noise leave.
 """
 from __future__ import annotations
 
@@ -87,12 +89,12 @@ def check(rm_dir: str, comparisons: str, template: str | None = None, world: boo
         judges["labelers"] = [as_scores(r) for r in file_ranks]
         pool, rng = LabelerPool.training(seed), random.Random(seed)
         fresh = [[pool.rank(x["prompt"], x["completions"], rng) for x in recs] for _ in range(n_relabel)]
-        if fresh:  # --relabel 0: no fresh figures
-            for name, s in judges.items():
-                out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / len(fresh)
         gold = [[gold_score(x["prompt"], c) for c in x["completions"]] for x in recs]
         for name, s in judges.items():
             out[f"{name}/agreement_with_gold"] = gold_agreement(gold, s)
+        if fresh:  # --relabel 0: no fresh figures
+            for name, s in {**judges, "gold": gold}.items():
+                out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / len(fresh)
         out["n_relabel"] = n_relabel
     out["n_comparisons"], out["n_pairs"] = len(recs), sum(len(r) * (len(r) - 1) // 2 for r in file_ranks)
     return out

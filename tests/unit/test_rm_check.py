@@ -50,6 +50,7 @@ def test_gold_rm_beats_labelers_and_length_against_fresh_labelers(monkeypatch, c
     assert out["rm/agreement_with_gold"] == 1.0  # orders every pair gold does not tie like gold
     # a labeler's taste and noise make it worse at predicting another labeler than gold is
     assert out["rm/accuracy_vs_fresh_labelers"] > out["labelers/accuracy_vs_fresh_labelers"] > 0.55
+    assert out["gold/accuracy_vs_fresh_labelers"] == out["rm/accuracy_vs_fresh_labelers"]  # the ceiling
     assert abs(out["length/accuracy_vs_fresh_labelers"] - 0.5) < 0.15
     assert out["rm/accuracy_vs_labelers"] == rm_check.accuracy(
         [r["ranking"] for r in recs], [[gold_score(r["prompt"], c) for c in r["completions"]] for r in recs])
