@@ -74,3 +74,11 @@ def test_unknown_key_fails_with_hydra_error():
 
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         make_config(["stage.no_such_key=1"])
+
+
+@pytest.mark.parametrize("model,lr", [("tiny", 3e-3), ("medium", 1e-3), ("gpt2", 3e-3)])
+def test_pretraining_lr_comes_from_the_model_preset(model, lr, tmp_path):
+    cfg = make_config(["stage=pretrain", f"model={model}", f"output_root={tmp_path}"])
+    assert cfg.stage.optim.lr == lr  # gpt2 names none: the stage's default
+    cfg = make_config(["stage=pretrain", f"model={model}", "stage.optim.lr=5e-4", f"output_root={tmp_path}"])
+    assert cfg.stage.optim.lr == 5e-4  # the command line wins
