@@ -81,10 +81,17 @@ def test_grid_of_ppo_jobs_runs_as_a_job_array_each_in_its_own_directory(cluster,
         status, ret = pickle.loads(result.read_bytes())
         assert status == "success" and ret.return_value == pytest.approx(info.metrics["train/score"])
     assert seen == {(0.01, 0.0), (0.01, 27.8), (0.02, 0.0), (0.02, 27.8)}
-    states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State"], env=cluster.env,
-                            capture_output=True, text=True).stdout.split()
-    array = [s for s in states if "_" in s.split("|")[0]]
-    assert len(array) >= 4 and all(s.endswith("|COMPLETED") for s in array[-4:]), states
+    # submitit returns once each job has written its result; sacct may still say RUNNING for the
+    # few seconds the job's batch step takes to exit, so wait for the array to leave RUNNING
+    end = time.time() + 60
+    while True:
+        states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State"], env=cluster.env,
+                                capture_output=True, text=True).stdout.split()
+        array = [s for s in states if "_" in s.split("|")[0]][-4:]
+        if not any(s.split("|")[1] in ("RUNNING", "COMPLETING", "PENDING") for s in array) or time.time() > end:
+            break
+        time.sleep(1)
+    assert len(array) == 4 and all(s.endswith("|COMPLETED") for s in array), states
 
 
 def test_a_job_killed_mid_run_fails_the_multirun_with_a_clear_error(cluster, ppo_overrides, tmp_path):
