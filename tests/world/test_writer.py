@@ -1,10 +1,12 @@
 """write_world: byte-identical per seed, disjoint splits covering every family, valid files."""
 import json
+import random
 
 import pytest
 
 from rlhf.data.world import FILES, write_world
 from rlhf.data.world.cli import main
+from rlhf.data.world.writer import draw_prompts
 from rlhf.data.world.corpus import CHATTER
 from rlhf.data.world.gold import gold_score
 from rlhf.data.world.tasks import FAMILIES, family_of
@@ -82,6 +84,12 @@ def test_family_subset_and_too_small_splits(tmp_path):
         write_world(tmp_path / "tiny", **{**SMALL, "n_test": 3})
     with pytest.raises(ValueError, match="unknown families"):
         write_world(tmp_path / "bad", families=["poetry"], **SMALL)
+
+
+def test_a_world_larger_than_a_familys_prompt_space_names_the_family_and_split():
+    # `name` has ~2,300 distinct prompts (docs/world.md)
+    with pytest.raises(ValueError, match=r"family 'name' ran out of distinct prompts drawing split 'rm': \d+ of"):
+        draw_prompts(["name"], {"sft_train": 100, "rm": 5000}, random.Random(0))
 
 
 def test_cli_writes_the_world_and_prints_agreement(tmp_path, capsys):

@@ -38,7 +38,11 @@ def draw_prompts(families: list[str], sizes: dict[str, int], rng: random.Random)
                 if prompt in seen:
                     misses += 1
                     if misses > 5000:
-                        raise ValueError(f"family {name!r} ran out of distinct prompts")
+                        used = sum(f == name for f, _ in rows) + sum(f == name for r in out.values() for f, _ in r)
+                        raise ValueError(
+                            f"family {name!r} ran out of distinct prompts drawing split {split!r}: "
+                            f"{used} of its prompts are used and the splits want more; lower the "
+                            f"world's sizes (data.world.n_rm, n_ppo, ...) or drop families")
                     continue
                 seen.add(prompt)
                 rows.append((name, prompt))
