@@ -11,7 +11,10 @@ and, with the built-in world:
   two on equal terms, without the noise of one draw of labels;
 - how often each orders pairs like the gold judge (gold ties skipped);
 - the gold judge itself against the fresh labelers (``gold/accuracy_vs_fresh_labelers``): what an
-  RM that knew correctness exactly would reach, the ceiling the labelers' taste and noise leave.
+  RM that knew correctness exactly would reach, the ceiling the labelers' taste and noise leave;
+- the RM minus the labeler against the fresh labelers, with a 95% interval from a paired bootstrap
+  over prompts (``rm_minus_labelers/...``): is the RM as good as a labeler, beyond the noise of
+  which prompts were held out?
 """
 from __future__ import annotations
 
@@ -52,6 +55,24 @@ def accuracy(rankings: list[list[int]], scores: list[list[float]]) -> float:
         da, dt = pair_agreement(rank, s)
         a, t = a + da, t + dt
     return a / max(t, 1)
+
+
+def paired_difference(rankings: list[list[list[int]]], a: list[list[float]], b: list[list[float]],
+                      n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Accuracy of scores ``a`` minus that of ``b`` against every ranking set in ``rankings``
+    (each a ranking per prompt), with a 95% interval: prompts are resampled, not pairs, because
+    the pairs of one prompt share completions. Returns (difference, low, high)."""
+    n = len(a)
+    per = [[pair_agreement(r[i], s[i]) for r in rankings] for s in (a, b) for i in range(n)]
+    da = [sum(x for x, _ in per[i]) - sum(x for x, _ in per[n + i]) for i in range(n)]
+    tot = [sum(t for _, t in per[i]) for i in range(n)]
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(sum(da[i] for i in idx) / max(sum(tot[i] for i in idx), 1))
+    diffs.sort()
+    return sum(da) / max(sum(tot), 1), diffs[int(0.025 * n_boot)], diffs[int(0.975 * n_boot) - 1]
 
 
 def as_scores(ranking: list[int]) -> list[int]:
@@ -95,6 +116,9 @@ def check(rm_dir: str, comparisons: str, template: str | None = None, world: boo
         if fresh:  # --relabel 0: no fresh figures
             for name, s in {**judges, "gold": gold}.items():
                 out[f"{name}/accuracy_vs_fresh_labelers"] = sum(accuracy(f, s) for f in fresh) / len(fresh)
+            d = paired_difference(fresh, judges["rm"], judges["labelers"], seed=seed)
+            for suffix, v in zip(("", "_lo", "_hi"), d):
+                out[f"rm_minus_labelers/accuracy_vs_fresh_labelers{suffix}"] = v
         out["n_relabel"] = n_relabel
     out["n_comparisons"], out["n_pairs"] = len(recs), sum(len(r) * (len(r) - 1) // 2 for r in file_ranks)
     return out

@@ -22,6 +22,18 @@ def test_pair_agreement_by_hand():
     assert rm_check.gold_agreement([[0.5, 0.5, 0.0]], [[0.0, 1.0, 0.0]]) == 0.75
 
 
+def test_paired_difference_by_hand():
+    # two prompts, one ranking set; a orders all 4 pairs right, b the first prompt's pair wrong
+    # and ties the second prompt's 3 pairs: (8 - (0 + 3)) / 8 = 0.625
+    rankings = [[[0, 1], [0, 1, 2]]]
+    a, b = [[1.0, 0.0], [3.0, 2.0, 1.0]], [[0.0, 1.0], [0.0, 0.0, 0.0]]
+    diff, lo, hi = rm_check.paired_difference(rankings, a, b, n_boot=400)
+    assert diff == 0.625
+    # resampling prompts: both prompts twice gives 1.0 (b wrong on 2 of 2) and 0.5 (b ties 6 of 6 -> 3)
+    assert lo == 0.5 and hi == 1.0
+    assert rm_check.paired_difference(rankings, a, a) == (0.0, 0.0, 0.0)
+
+
 @pytest.fixture
 def comparisons(tmp_path):
     rng, pool = random.Random(0), LabelerPool.training(0)
@@ -51,6 +63,9 @@ def test_gold_rm_beats_labelers_and_length_against_fresh_labelers(monkeypatch, c
     # a labeler's taste and noise make it worse at predicting another labeler than gold is
     assert out["rm/accuracy_vs_fresh_labelers"] > out["labelers/accuracy_vs_fresh_labelers"] > 0.55
     assert out["gold/accuracy_vs_fresh_labelers"] == out["rm/accuracy_vs_fresh_labelers"]  # the ceiling
+    diff = out["rm_minus_labelers/accuracy_vs_fresh_labelers"]
+    assert diff == pytest.approx(out["rm/accuracy_vs_fresh_labelers"] - out["labelers/accuracy_vs_fresh_labelers"])
+    assert 0 < out["rm_minus_labelers/accuracy_vs_fresh_labelers_lo"] < diff < out["rm_minus_labelers/accuracy_vs_fresh_labelers_hi"]
     assert abs(out["length/accuracy_vs_fresh_labelers"] - 0.5) < 0.15
     assert out["rm/accuracy_vs_labelers"] == rm_check.accuracy(
         [r["ranking"] for r in recs], [[gold_score(r["prompt"], c) for c in r["completions"]] for r in recs])
