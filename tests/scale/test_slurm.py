@@ -86,9 +86,10 @@ def test_grid_of_ppo_jobs_runs_as_a_job_array_each_in_its_own_directory(cluster,
     end = time.time() + 60
     while True:
         states = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State"], env=cluster.env,
-                                capture_output=True, text=True).stdout.split()
+                                capture_output=True, text=True, timeout=30).stdout.split()
         array = [s for s in states if "_" in s.split("|")[0]][-4:]
-        if not any(s.split("|")[1] in ("RUNNING", "COMPLETING", "PENDING") for s in array) or time.time() > end:
+        settled = len(array) == 4 and not any(s.split("|")[1] in ("RUNNING", "COMPLETING", "PENDING") for s in array)
+        if settled or time.time() > end:
             break
         time.sleep(1)
     assert len(array) == 4 and all(s.endswith("|COMPLETED") for s in array), states

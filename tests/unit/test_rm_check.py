@@ -1,4 +1,5 @@
 """rlhf.eval.rm_check: the figures #4 is judged by (RM vs labelers, labeler-labeler, length, gold)."""
+import itertools
 import random
 
 import pytest
@@ -29,9 +30,28 @@ def test_paired_difference_by_hand():
     a, b = [[1.0, 0.0], [3.0, 2.0, 1.0]], [[0.0, 1.0], [0.0, 0.0, 0.0]]
     diff, lo, hi = rm_check.paired_difference(rankings, a, b, n_boot=400)
     assert diff == 0.625
-    # resampling prompts: both prompts twice gives 1.0 (b wrong on 2 of 2) and 0.5 (b ties 6 of 6 -> 3)
+    # resampling prompts: the first prompt drawn twice gives 1.0 (b wrong on 2 of 2), the second
+    # twice 0.5 (b ties 6 of 6 -> 3)
     assert lo == 0.5 and hi == 1.0
     assert rm_check.paired_difference(rankings, a, a) == (0.0, 0.0, 0.0)
+
+
+def test_paired_interval_is_the_2_5_and_97_5_percentiles_over_prompts():
+    # three one-pair prompts: a beats b on one, ties on one, loses on one. Of the 27 equally likely
+    # resamples, all-first (+1) and all-third (-1) each have probability 1/27 = 3.7%: inside a 95%
+    # interval's 2.5% tails, outside a 90% interval's 5%
+    rankings = [[[0, 1], [0, 1], [0, 1]]]
+    a, b = [[1, 0], [1, 0], [0, 1]], [[0, 1], [1, 0], [1, 0]]
+    exact = sorted(sum(v) / 3 for v in itertools.product([1, 0, -1], repeat=3))
+    diff, lo, hi = rm_check.paired_difference(rankings, a, b)
+    assert diff == 0.0
+    assert (lo, hi) == (exact[0], exact[-1]) == (-1.0, 1.0)
+
+
+def test_no_comparisons_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl: no comparison records"):
+        rm_check.check("rm", str(tmp_path / "empty.jsonl"))
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ def draw_prompts(families: list[str], sizes: dict[str, int], rng: random.Random)
                     continue
                 seen.add(prompt)
                 rows.append((name, prompt))
-                want -= 1
+                want, misses = want - 1, 0  # out of prompts = 5,000 duplicates in a row
         rng.shuffle(rows)
         out[split] = rows
     return out
