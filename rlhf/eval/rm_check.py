@@ -63,9 +63,9 @@ def paired_difference(rankings: list[list[list[int]]], a: list[list[float]], b: 
     (each a ranking per prompt), with a 95% interval: prompts are resampled, not pairs, because
     the pairs of one prompt share completions. Returns (difference, low, high)."""
     n = len(a)
-    per = [[pair_agreement(r[i], s[i]) for r in rankings] for s in (a, b) for i in range(n)]
-    da = [sum(x for x, _ in per[i]) - sum(x for x, _ in per[n + i]) for i in range(n)]
-    tot = [sum(t for _, t in per[i]) for i in range(n)]
+    per_a, per_b = ([[pair_agreement(r[i], s[i]) for r in rankings] for i in range(n)] for s in (a, b))
+    da = [sum(x for x, _ in pa) - sum(x for x, _ in pb) for pa, pb in zip(per_a, per_b)]
+    tot = [sum(t for _, t in pa) for pa in per_a]
     rng = random.Random(seed)
     diffs = []
     for _ in range(n_boot):
