@@ -1,18 +1,20 @@
-"""``rlhf-pipeline``: InstructGPT end to end in one run directory.
+"""``rlhf-pipeline``: InstructGPT end to end in one run directory, as one declared plan.
 
 pretrain (from-scratch presets only) -> SFT -> collect comparisons on the SFT policy's samples
 -> RM -> select the SFT epoch by RM score -> best-of-n check -> PPO, PPO-ptx and PPO with a
-larger beta -> evaluation -> report. Each step is one ``rlhf-train`` stage composed from the same
-config, then ``steps.<step>`` merged over it, then the paths of earlier steps wired in. A step
-whose ``final/`` exists is skipped, so a stopped pipeline continues where it stopped.
+larger beta -> evaluation -> report. :data:`STEPS` says what each step runs and which earlier
+output feeds which key; :func:`plan` composes and checks every step's config before the first
+one runs (the wiring first, then ``steps.<step>``, so the user wins). A finished step is skipped
+only if its recorded config matches the plan's; otherwise the pipeline stops and names the keys.
 
     rlhf-pipeline experiment=quickstart
+    rlhf-pipeline experiment=quickstart plan_only=true      # print the plan, run nothing
     rlhf-pipeline model=gpt2 data=files data.files.sft_train=... +steps.sft.stage.epochs=2
 """
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -20,66 +22,154 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.handoff import read_provenance
+from rlhf.plan import PlannedStep, check_finished, describe, step_dir
+from rlhf.schema import ConfigError, Pipeline, Train, validate
 from rlhf.train import CONF_DIR, train, use_job_dir_in_multirun
 
 log = logging.getLogger(__name__)
 
-# step -> (stage option, Hydra overrides the step always needs)
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step. ``inputs``: config key -> its source, ``"base"`` (the pretrained model),
+    ``"policy"`` (the SFT epoch ``select`` chose, else SFT's final/), ``"<step>"`` (that step's
+    final/) or ``"<step>/<file>"``. A ``data.files.*`` input is wired only where the config leaves
+    it null, so files the user names win."""
+    stage: str | None                              # conf/stage option; None: the report
+    overrides: tuple[str, ...] = ()                # what the step always needs
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+PPO_INPUTS = {"init": "policy", "stage.reward_model": "rm"}
 STEPS = {
-    "pretrain": ("pretrain", []), "sft": ("sft", []), "collect": ("collect", []), "rm": ("rm", []),
-    "select": ("select", []), "bestofn": ("bestofn", []), "ppo": ("ppo", ["ptx=off"]),
-    "ppo_ptx": ("ppo", ["ptx=paper", "stage.name=ppo_ptx"]),
-    "ppo_beta": ("ppo", ["ptx=off", "stage.name=ppo_beta"]), "eval": ("eval", []), "report": (None, []),
+    "pretrain": Step("pretrain"),
+    "sft": Step("sft", inputs={"init": "base"}),
+    "collect": Step("collect", inputs={"init": "sft"}),
+    "rm": Step("rm", inputs={"init": "sft", "data.files.comparisons_train": "collect/comparisons_train.jsonl",
+                             "data.files.comparisons_val": "collect/comparisons_val.jsonl"}),
+    "select": Step("select", inputs={"init": "sft", "stage.reward_model": "rm"}),
+    "bestofn": Step("bestofn", inputs={"init": "policy", "stage.reward_model": "rm"}),
+    # a global ptx.coef= is PPO-ptx's: plain PPO and the larger-beta run never mix in pretraining
+    "ppo": Step("ppo", ("ptx=off", "ptx.coef=0"), PPO_INPUTS),
+    "ppo_ptx": Step("ppo", ("ptx=paper", "stage.name=ppo_ptx"), PPO_INPUTS),
+    "ppo_beta": Step("ppo", ("ptx=off", "ptx.coef=0", "stage.name=ppo_beta"), PPO_INPUTS),
+    "eval": Step("eval", inputs={"stage.models.base": "base", "stage.models.sft": "policy", "stage.reward_model": "rm",
+                                 "stage.models.ppo": "ppo", "stage.models.ppo_ptx": "ppo_ptx",
+                                 "stage.models.ppo_beta": "ppo_beta"}),
+    "report": Step(None),
 }
-PPO_STEPS = ("ppo", "ppo_ptx", "ppo_beta")
+# what a step's rlhf-train config leaves out (the pipeline's objective is a <step>/<metric>)
+PIPELINE_ONLY = [f for f in Pipeline.__dataclass_fields__ if f not in Train.__dataclass_fields__] + ["steps", "objective"]
 
 
-def step_config(cfg: DictConfig, overrides: list[str], step: str, wiring: dict) -> DictConfig:
-    """One step's train config: user overrides, the step's needs, ``steps.<step>``, wiring."""
-    stage, needs = STEPS[step]
-    step_cfg = compose("pipeline", overrides=[*overrides, f"stage={stage}", *needs])
-    step_cfg = OmegaConf.merge(step_cfg, cfg.steps.get(step) or {})
-    for key, value in wiring.items():
-        OmegaConf.update(step_cfg, key, value, force_add=True)
-    return step_cfg
+def source(src: str, cfg: DictConfig) -> str | None:
+    """The path an input comes from (``policy`` is read from ``select`` once that has run)."""
+    run = Path(cfg.run_dir)
+    if src == "base":
+        start = cfg.get("init") or cfg.model.get("pretrained")
+        return start or (str(run / "pretrain" / "final") if "pretrain" in cfg.run_order else None)
+    if src == "policy":
+        chosen = run / "select" / "final"
+        if "select" in cfg.run_order and (chosen / "rlhf.json").is_file():
+            return read_provenance(chosen)["selected"]
+        src = "sft"
+    step, _, file = src.partition("/")
+    return str(run / step / (file or "final"))
+
+
+def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
+    """One step's ``rlhf-train`` config: the user's overrides and the step's needs, its inputs
+    wired, then ``steps.<name>`` merged over it; checked by :func:`rlhf.schema.validate`."""
+    step = STEPS[name]
+    user = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in PIPELINE_ONLY]
+    full = compose("pipeline", overrides=[*user, f"stage={step.stage}", *step.overrides])
+    step_cfg = OmegaConf.masked_copy(full, [k for k in full if k not in PIPELINE_ONLY])
+    OmegaConf.set_struct(step_cfg, True)
+    for key, src in step.inputs.items():
+        given = OmegaConf.select(step_cfg, key) if key.startswith("data.files.") else None
+        if given is not None:  # the user's (or the world's) file wins
+            whose = f"written by step {src.split('/')[0]}" if Path(given) == Path(source(src, cfg)) else "your file"
+            log.info("step %s reads %s=%s (%s)", name, key, given, whose)
+            continue
+        feeder = src.split("/")[0]
+        if feeder in STEPS and feeder not in cfg.run_order and not Path(source(src, cfg)).exists():
+            continue  # e.g. eval's stage.models.ppo when no PPO step runs
+        OmegaConf.update(step_cfg, key, source(src, cfg), force_add=True)
+    try:
+        step_cfg = OmegaConf.merge(step_cfg, cfg.steps.get(name) or {})
+        return validate(step_cfg)
+    except Exception as e:  # noqa: BLE001 - an overlay's type error too: say which step
+        raise ConfigError(f"step {name!r} (steps.{name} over stage={step.stage}): {e}") from e
+
+
+def upstream(name: str) -> set[str]:
+    """The steps whose outputs ``name`` reads."""
+    srcs = {s.split("/")[0] for s in STEPS[name].inputs.values()}
+    return (srcs - {"policy", "base"}) | ({"select", "sft"} if "policy" in srcs else set()) | (
+        {"pretrain"} if "base" in srcs else set())
+
+
+def dependents(names: set[str], order: list[str]) -> set[str]:
+    """``names`` and every step of ``order`` that reads their outputs, transitively."""
+    out = set(names)
+    for name in order:  # run_order follows the data flow, so one pass suffices
+        if upstream(name) & out:
+            out.add(name)
+    return out
+
+
+def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
+    """Every step of ``cfg.run_order`` with its composed, checked config and whether it runs.
+    Fails in seconds on a bad key or value in any step, or on a finished step whose recorded
+    config differs from the plan's (listing the keys and how to rerun it)."""
+    bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS]
+    if bad:
+        raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}")
+    rerun = dependents(set(cfg.rerun), list(cfg.run_order))
+    steps: list[PlannedStep] = []
+    for name in cfg.run_order:
+        if name == "report":
+            steps.append(PlannedStep(name, None, "run", "built from what the steps wrote"))
+        elif name == "pretrain" and source("base", cfg) != source("pretrain", cfg):
+            steps.append(PlannedStep(name, None, "skip", f"the model starts from {source('base', cfg)}"))
+        else:
+            runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name)]
+            steps.append(check_finished(name, STEPS[name].stage, step_config(cfg, overrides, name),
+                                        name in rerun, runs))
+    changed = [s for s in steps if s.status == "changed"]
+    if changed:
+        names = sorted({s.name for s in changed}, key=list(cfg.run_order).index)
+        raise ConfigError(
+            "finished steps were run with another config:\n  " + "\n  ".join(s.why for s in changed)
+            + f"\nTo run them again, and the steps that read their outputs: rerun=[{','.join(names)}]; "
+            "or keep this run and start another with run_name=<new name>.")
+    return steps
 
 
 def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
-    """Run ``cfg.run_order``; return {step: metrics}. Must run inside an initialised Hydra."""
-    run = Path(cfg.run_dir)
-
-    def fin(stage_name: str) -> str:
-        return str(run / stage_name / "final")
-
-    base = cfg.get("init") or cfg.model.get("pretrained")
-    policy, results = fin("sft"), {}
-    for step in cfg.run_order:
-        if step not in STEPS:
-            raise ValueError(f"unknown pipeline step {step!r} in run_order; known: {', '.join(STEPS)}")
-        if step == "report":
+    """Plan, then run ``cfg.run_order``; return {step: metrics}. Must run inside an initialised Hydra."""
+    steps = plan(cfg, overrides)
+    if cfg.plan_only:
+        print(describe(steps, configs=True))
+        return {}
+    log.info("plan:\n%s", describe(steps))
+    results = {}
+    for step in steps:
+        if step.name == "report":
             from rlhf.eval.report import build_report
-            log.info("report: %s", build_report(run))
+            log.info("report: %s", build_report(Path(cfg.run_dir)))
             continue
-        if step == "pretrain" and base:
-            log.info("pretrain skipped: starting from %s", base)
-            continue
-        wiring = {
-            "pretrain": {}, "sft": {"init": base}, "collect": {"init": fin("sft")}, "rm": {"init": fin("sft")},
-            "select": {"init": fin("sft"), "stage.reward_model": fin("rm")},
-            "bestofn": {"init": policy, "stage.reward_model": fin("rm")},
-            "eval": {"stage.models.base": base, "stage.models.sft": policy, "stage.reward_model": fin("rm"),
-                     **{f"stage.models.{s}": fin(s) for s in PPO_STEPS if s in cfg.run_order}},
-        }.get(step, {"init": policy, "stage.reward_model": fin("rm"),  # the PPO steps
-                     **({} if step == "ppo_ptx" else {"ptx.coef": 0.0})})  # a global ptx.coef= is ppo_ptx's
-        results[step], _ = train(step_config(cfg, overrides, step, wiring))
-        if step == "pretrain":
-            base = fin("pretrain")
-        if step == "bestofn":  # said again when skipped, so a resumed run shows it too
-            info = json.loads((run / "bestofn" / "final" / "rlhf.json").read_text())
+        if step.status == "skip" and step.config is None:
+            continue  # pretrain of a pretrained model
+        for key, src in STEPS[step.name].inputs.items():  # select has run by now: wire its choice
+            if src == "policy" and OmegaConf.select(step.config, key) == source("sft", cfg):
+                OmegaConf.update(step.config, key, source("policy", cfg))
+        results[step.name], _ = train(step.config)
+        if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
+            info = read_provenance(step_dir(step.config) / "final")
             (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
-        if step == "select":  # PPO starts from (and is penalised towards) the chosen SFT epoch
-            policy = json.loads((run / "select" / "final" / "rlhf.json").read_text())["selected"]
-        log.info("step %s: %s", step, {k: float(f"{v:.4g}") for k, v in results[step].items()})
+        log.info("step %s: %s", step.name, {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
     return results
 
 
@@ -89,10 +179,12 @@ def main(cfg: DictConfig) -> float | None:
     overrides = list(HydraConfig.get().overrides.task)
     # A multirun's jobs must not share (and skip) each other's steps: each runs in its own job dir,
     # unless the sweep gives every job its own run_name (experiment=paper_sizes: run_dir_per_job=false).
-    if cfg.get("run_dir_per_job", True):
+    if cfg.run_dir_per_job:
         use_job_dir_in_multirun(cfg, "run_dir")
         overrides.append(f"run_dir={cfg.run_dir}")
     results = run_pipeline(cfg, overrides)
+    if cfg.plan_only:
+        return None
     print(OmegaConf.to_yaml(OmegaConf.create(results)))
     step, _, metric = cfg.objective.partition("/")
     if metric not in results.get(step, {}):

@@ -20,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.distributed import build_strategy, gather_for_export
 from rlhf.handoff import is_finished, last_checkpoint, provenance, read_provenance, save_config, stage_dir
+from rlhf.schema import register, validate
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's top-level conf/
+register()  # the schemas conf/ extends must be in the ConfigStore before anything composes
 
 
 def auto_precision() -> str:
@@ -52,6 +54,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     A stage whose ``final/`` exists is skipped unless ``force=true``; a stage with a
     ``checkpoints/last.ckpt`` resumes from it (``resume=false`` starts over).
     """
+    validate(cfg)
     sdir = stage_dir(cfg)
     if is_finished(sdir) and not cfg.force:
         log.info("stage %s already finished in %s (force=true reruns it)", cfg.stage.name, sdir)

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from conftest import make_config
 from rlhf.train import CONF_DIR
 
-GROUPS = ["stage", "model", "data", "kl", "ptx", "strategy", "logger", "trainer", "labeler", "judge", "experiment", "debug"]
+# experiment presets are the pipeline's: tests/stages/test_plan.py composes them against pipeline.yaml
+GROUPS = ["stage", "model", "data", "kl", "ptx", "strategy", "logger", "trainer", "labeler", "judge", "debug"]
 
 
 def options(group: str) -> list[str]:
@@ -20,7 +21,7 @@ def options(group: str) -> list[str]:
 def test_primary_config_names_every_group():
     defaults = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "train.yaml").defaults)
     named = {next(iter(d)).removeprefix("override ") for d in defaults if isinstance(d, dict)}
-    assert set(GROUPS) | {"hydra/launcher"} <= named
+    assert set(GROUPS) | {"experiment", "hydra/launcher"} <= named
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -79,6 +80,6 @@ def test_unknown_key_fails_with_hydra_error():
 @pytest.mark.parametrize("model,lr", [("tiny", 3e-3), ("medium", 1e-3), ("gpt2", 3e-3)])
 def test_pretraining_lr_comes_from_the_model_preset(model, lr, tmp_path):
     cfg = make_config(["stage=pretrain", f"model={model}", f"output_root={tmp_path}"])
-    assert cfg.stage.optim.lr == lr  # gpt2 names none: the stage's default
+    assert cfg.stage.optim.lr == lr
     cfg = make_config(["stage=pretrain", f"model={model}", "stage.optim.lr=5e-4", f"output_root={tmp_path}"])
     assert cfg.stage.optim.lr == 5e-4  # the command line wins

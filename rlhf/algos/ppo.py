@@ -60,22 +60,22 @@ def kl_penalized_rewards(
 
 @torch.no_grad()
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, discount: float = 1.0, lam: float = 0.95
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over one episode per row.
 
     rewards, values, mask: (B, T). Returns advantages (B, T) and returns = advantages + values
     (B, T), both 0 where mask is 0. The episode ends after the last real token, so the value
-    bootstrapped there is 0 (the paper's bandit has no next state); gamma = 1 in the paper.
+    bootstrapped there is 0 (the paper's bandit has no next state); discount = 1 in the paper.
     """
     mask = mask.to(values.dtype)
     next_mask = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)  # 0 past the end
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1) * next_mask
-    deltas = rewards + gamma * next_values - values
+    deltas = rewards + discount * next_values - values
     advantages = torch.zeros_like(values)
     running = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.shape[1])):  # T is at most a few hundred; a loop is clear
-        running = deltas[:, t] + gamma * lam * next_mask[:, t] * running
+        running = deltas[:, t] + discount * lam * next_mask[:, t] * running
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask

@@ -110,7 +110,7 @@ class PPOModule(pl.LightningModule):
         check_finite("scores", ro.scores, it)
         rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask, beta)
         check_finite("rewards", rewards, it, mask)
-        advantages, returns = gae(rewards, ro.values, ep.value_mask, self.st.gamma, self.st.lam)
+        advantages, returns = gae(rewards, ro.values, ep.value_mask, self.st.discount, self.st.lam)
         seq_kl = kl.sum(-1)  # (B,) nats per response
         kl_mean = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # one beta on every rank
         self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)

@@ -27,20 +27,20 @@ def test_gae_hand_computed():
     rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 5.0]])
     values = torch.tensor([[0.5, 0.4, 0.3], [1.0, 0.5, 9.0]])
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # row 1 ends after token 1; its tail is garbage
-    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    adv, ret = gae(rewards, values, mask, discount=1.0, lam=0.95)
     # row 0: deltas -0.1, -0.1, 0.7 -> A2 = 0.7, A1 = -0.1 + 0.95 * 0.7, A0 = -0.1 + 0.95 * A1
     # row 1: bootstrap 0 after token 1: A1 = 2 - 0.5, A0 = (0 + 0.5 - 1) + 0.95 * 1.5
     torch.testing.assert_close(adv, torch.tensor([[0.43675, 0.565, 0.7], [0.925, 1.5, 0.0]]))
     torch.testing.assert_close(ret, torch.tensor([[0.93675, 0.965, 1.0], [1.925, 2.0, 0.0]]))
 
 
-def gae_brute_force(rewards, values, lengths, gamma, lam):
+def gae_brute_force(rewards, values, lengths, discount, lam):
     adv = torch.zeros_like(values, dtype=torch.float64)
     for b, length in enumerate(lengths):
         v = lambda t: values[b, t].item() if t < length else 0.0  # noqa: E731
         for t in range(length):
             adv[b, t] = sum(
-                (gamma * lam) ** k * (rewards[b, t + k].item() + gamma * v(t + k + 1) - v(t + k))
+                (discount * lam) ** k * (rewards[b, t + k].item() + discount * v(t + k + 1) - v(t + k))
                 for k in range(length - t)
             )
     return adv
@@ -52,8 +52,8 @@ def test_gae_matches_brute_force_with_discount():
     rewards, values = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
     mask = (torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long()
     rewards = torch.where(mask.bool(), rewards, torch.full_like(rewards, 1e3))  # masked tail ignored
-    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
-    expected = gae_brute_force(rewards, values, lengths, gamma=0.9, lam=0.8).float()
+    adv, ret = gae(rewards, values, mask, discount=0.9, lam=0.8)
+    expected = gae_brute_force(rewards, values, lengths, discount=0.9, lam=0.8).float()
     torch.testing.assert_close(adv, expected)
     torch.testing.assert_close(ret, (expected + values) * mask)
     assert not adv.requires_grad
