@@ -265,7 +265,7 @@ class RewardModelJudge:
                 from transformers import AutoTokenizer
 
                 from rlhf.models.reward import load_reward_model
-                from rlhf.score import rm_template
+                from rlhf.handoff import rm_template
 
                 self._rm = (load_reward_model(self.path).eval(), AutoTokenizer.from_pretrained(self.path))
                 self.template = self.template or rm_template(Path(self.path))

@@ -83,9 +83,17 @@ def read_provenance(final_dir: str | Path) -> dict:
     return json.loads((Path(final_dir) / PROVENANCE).read_text())
 
 
-def save_config(cfg: DictConfig, sdir: Path) -> None:
-    sdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, sdir / "config.yaml", resolve=True)
+def rm_template(rm_dir: str | Path) -> str:
+    """The prompt template an RM stage recorded in its ``rlhf.json`` (default ``"{prompt}\\n"``)."""
+    info = Path(rm_dir) / PROVENANCE
+    return (read_provenance(rm_dir).get("template") if info.is_file() else None) or "{prompt}\n"
+
+
+def save_config(cfg: DictConfig, out_dir: Path) -> None:
+    """``config.yaml``, resolved: in the stage directory when it starts, in ``final/`` when it ends
+    (so a copied ``final/`` describes itself). ``steps`` are the pipeline's overlays, not this stage's."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "steps"]), out_dir / "config.yaml", resolve=True)
 
 
 class EpochExport(pl.Callback):

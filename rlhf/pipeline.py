@@ -97,7 +97,8 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
             continue  # e.g. eval's stage.models.ppo when no PPO step runs
         OmegaConf.update(step_cfg, key, source(src, cfg), force_add=True)
     try:
-        step_cfg = OmegaConf.merge(step_cfg, cfg.steps.get(name) or {})
+        overlay = cfg.steps.get(name)  # resolved here: it may point at another step's overlay
+        step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
         return validate(step_cfg)
     except Exception as e:  # noqa: BLE001 - an overlay's type error too: say which step
         raise ConfigError(f"step {name!r} (steps.{name} over stage={step.stage}): {e}") from e

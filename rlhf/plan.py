@@ -81,7 +81,8 @@ def check_finished(name: str, stage: str, cfg: DictConfig, rerun: bool, inputs_r
         return PlannedStep(name, cfg, "rerun", "asked for with rerun=", stage)
     if inputs_rerun:
         return PlannedStep(name, cfg, "changed", f"{name}: its inputs from {', '.join(inputs_rerun)} will change", stage)
-    recorded = result_keys(OmegaConf.to_container(OmegaConf.load(sdir / "config.yaml"), resolve=True))
+    record = next(p for p in (sdir / "final" / "config.yaml", sdir / "config.yaml") if p.is_file())  # final/'s: what made it
+    recorded = result_keys(OmegaConf.to_container(OmegaConf.load(record), resolve=True))
     planned = result_keys(cfg)
     diff = [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in planned.items() if k in recorded and recorded[k] != v]
     if diff:

@@ -325,11 +325,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         problems.append("stage: has no schema (a stage option must extend /schema/stage/<kind>)")
     if stage is not None and stage.get("kind") == "ppo" and stage.minibatch_size and stage.batch_size % stage.minibatch_size:
         problems.append(f"stage.batch_size={stage.batch_size}: must be a multiple of stage.minibatch_size={stage.minibatch_size}")
-    root, run_dir, sdir = (Path(cfg[k]).resolve() for k in ("output_root", "run_dir", "stage_dir"))
-    if not run_dir.is_relative_to(root):
-        problems.append(f"run_dir={cfg.run_dir} (run_name={cfg.run_name}): leaves output_root={cfg.output_root}")
-    elif not sdir.is_relative_to(run_dir) or sdir == run_dir:
-        problems.append(f"stage_dir={cfg.stage_dir} (stage.name={stage.name}): must be a directory inside run_dir={cfg.run_dir}")
+    # names become directories under output_root: they may not climb out of it (run_dir and
+    # stage_dir themselves may be set anywhere, as a multirun sets them to its job directories)
+    run_name = Path(str(cfg.get("run_name", "")))
+    if run_name.is_absolute() or ".." in run_name.parts:
+        problems.append(f"run_name={run_name}: must be a relative path inside output_root={cfg.get('output_root')}")
+    if stage is not None and (len(Path(str(stage.name)).parts) != 1 or stage.name in ("..", ".")):
+        problems.append(f"stage.name={stage.name}: must be one directory name")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
     return cfg

@@ -15,11 +15,10 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from rlhf.data.formats import DataError, write_jsonl
-from rlhf.handoff import PROVENANCE
+from rlhf.handoff import rm_template
 from rlhf.models.reward import load_reward_model, normalization, score_ids
 from rlhf.models.tokenizer import encode_pair, prepare_tokenizer
 
-DEFAULT_TEMPLATE = "{prompt}\n"
 
 
 def read_scoring_input(path: Path) -> list[dict]:
@@ -40,12 +39,6 @@ def read_scoring_input(path: Path) -> list[dict]:
                     raise DataError(f"{path}:{lineno}: {key!r} is missing, empty or not a string")
             records.append(rec)
     return records
-
-
-def rm_template(rm_dir: Path) -> str:
-    """The template the RM stage recorded in ``rlhf.json`` (default ``"{prompt}\\n"``)."""
-    info = rm_dir / PROVENANCE
-    return (json.loads(info.read_text()).get("template") if info.is_file() else None) or DEFAULT_TEMPLATE
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,9 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     pl.seed_everything(cfg.seed, workers=True)
     stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
     if hasattr(stage, "run"):  # stages without a training loop (collect, eval)
-        return stage.run(cfg, sdir), {}
+        metrics = stage.run(cfg, sdir)
+        save_config(cfg, sdir / "final")
+        return metrics, {}
     module, datamodule, tok, stage_callbacks = stage.setup(cfg, sdir)
     trainer = build_trainer(cfg, sdir, [*stage_callbacks, *(callbacks or [])])
     ckpt = last_checkpoint(sdir) if cfg.resume else None
@@ -75,6 +77,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     if trainer.is_global_zero:
         counts = {s: vars(c) for s, c in getattr(datamodule, "counts", {}).items()}
         stage.export(module, tok, sdir / "final", provenance(cfg, metrics, data_counts=counts))
+        save_config(cfg, sdir / "final")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "tokenizer": tok}
 
 

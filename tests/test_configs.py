@@ -1,6 +1,8 @@
 """Every option of every config group composes and instantiates: a stale config fails here."""
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import make_config
-from rlhf.train import CONF_DIR
+from rlhf import schema
+from rlhf.schema import ConfigError, validate
+from rlhf.train import CONF_DIR, train
 
 # experiment presets are the pipeline's: tests/stages/test_plan.py composes them against pipeline.yaml
 GROUPS = ["stage", "model", "data", "kl", "ptx", "strategy", "logger", "trainer", "labeler", "judge", "debug"]
@@ -27,6 +31,7 @@ def test_primary_config_names_every_group():
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_option_composes_and_resolves(group, option, tmp_path):
     cfg = make_config([f"{group}={option}", f"output_root={tmp_path}"])
+    validate(cfg)  # every key is in the schema and in range
     OmegaConf.resolve(cfg)  # every interpolation resolves
     for name, node in (cfg.logger or {}).items():
         assert instantiate(node) is not None, name
@@ -83,3 +88,46 @@ def test_pretraining_lr_comes_from_the_model_preset(model, lr, tmp_path):
     assert cfg.stage.optim.lr == lr
     cfg = make_config(["stage=pretrain", f"model={model}", "stage.optim.lr=5e-4", f"output_root={tmp_path}"])
     assert cfg.stage.optim.lr == 5e-4  # the command line wins
+
+
+SCHEMAS = [c for c in vars(schema).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+
+
+@pytest.mark.parametrize("node", SCHEMAS, ids=lambda c: c.__name__)
+def test_every_schema_key_is_read_somewhere(node):
+    """A key nobody reads is a value recorded that was never used (litgpt's config tests)."""
+    if node is schema.Trainer:  # passed whole to Lightning: each key is one of its arguments
+        import inspect
+
+        import lightning.pytorch as pl
+
+        assert {f.name for f in dataclasses.fields(node)} <= set(inspect.signature(pl.Trainer).parameters)
+        return
+    code = "\n".join(p.read_text() for p in Path(schema.__file__).parent.rglob("*.py") if p.name != "schema.py")
+    yaml = "\n".join(p.read_text() for p in Path(CONF_DIR).rglob("*.yaml"))
+    unread = [f.name for f in dataclasses.fields(node)
+              if not re.search(rf"(\.{f.name}\b|[\"']{f.name}[\"']|\b{f.name}(=|: ))", code)
+              and not re.search(rf"\${{[^}}]*\b{f.name}}}", yaml)]  # read through an interpolation
+    assert not unread, f"{node.__name__}: {unread}"
+
+
+@pytest.mark.parametrize("bad,named", [("stage.minibatch_size=0", "stage.minibatch_size=0: must be >= 1"),
+                                       ("stage.batch_size=10", "stage.batch_size=10: must be a multiple of stage.minibatch_size=16"),
+                                       ("+stage.minibatch=4", "stage.minibatch: unknown key"),
+                                       ("stage.optim.lr=0", "stage.optim.lr=0.0: must be > 0"),
+                                       ("kl.coef=-0.1", "kl.coef=-0.1: must be >= 0"),
+                                       ("stage.ema_decay=1.5", "stage.ema_decay=1.5: must be >= 0 and <= 1"),
+                                       ("stage.name=../x", "stage.name=../x: must be one directory name"),
+                                       ("run_name=/abs", "run_name=/abs: must be a relative path")])
+def test_rlhf_train_checks_every_value_before_it_writes_anything(tmp_path, bad, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        train(make_config(["stage=ppo", f"output_root={tmp_path}", bad]))
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_wrong_type_names_the_key():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="stage.epochs=abc") as err:
+        make_config(["stage.epochs=abc"])
+    assert "could not be converted to Integer" in str(err.value.__cause__)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
+from rlhf import feedback
 from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.data.lm import Counts, collate_right, encode_demonstrations, encode_texts
@@ -60,3 +62,24 @@ def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str) 
 
     rows = _rows(tok, prompts, responses, template)
     return score_ids(rm, [r["input_ids"] for r in rows], tok.pad_token_id)
+
+
+def few_shot_template(demos: list[dict], template: str) -> str:
+    """The template with k demonstrations in front: the paper's "prompted" GPT-3 baseline.
+
+    Shots are joined by newlines, not EOS: one document of answered prompts, like a quiz page
+    with its answers; after an EOS a base model starts a new document and forgets the shots.
+    """
+    shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + "\n" for d in demos)
+    return shots.replace("{", "{{").replace("}", "}}") + template
+
+
+def judge_pairs(judge, prompts, responses, reference, rng: random.Random) -> list[float]:
+    """P(response beats reference) per pair, shown to the judge in random order (position bias)."""
+    prefs = []
+    for p, a, b in zip(prompts, responses, reference):
+        if rng.random() < 0.5:
+            prefs.append(feedback.call_prefer(judge, p, a, b))
+        else:
+            prefs.append(1.0 - feedback.call_prefer(judge, p, b, a))
+    return prefs

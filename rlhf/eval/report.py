@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rlhf.handoff import metrics_rows  # noqa: E402
+from rlhf.handoff import is_finished, metrics_rows, read_provenance  # noqa: E402
 
 METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
 PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
@@ -24,8 +24,7 @@ BEST_OF_N = {"one_sample": "one sample", "rm_best": "RM's best of {n}", "judge_b
 
 
 def _info(run_dir: Path, stage: str) -> dict | None:
-    path = run_dir / stage / "final" / "rlhf.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_provenance(run_dir / stage / "final") if is_finished(run_dir / stage) else None
 
 
 def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl")) -> dict[str, list[tuple[int, float]]]:

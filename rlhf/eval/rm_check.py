@@ -29,7 +29,7 @@ from transformers import AutoTokenizer
 from rlhf.data.formats import read_jsonl
 from rlhf.eval.measure import rm_scores
 from rlhf.models.reward import load_reward_model
-from rlhf.score import rm_template
+from rlhf.handoff import rm_template
 
 
 def _vote(better: float, worse: float) -> int:

@@ -22,9 +22,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl
-from rlhf.eval.measure import mean_ci
+from rlhf.eval.measure import judge_pairs, mean_ci
 from rlhf.eval.report import METHODS
-from rlhf.stages.eval import judge_pairs
+from rlhf.handoff import read_provenance
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,7 +43,7 @@ def figure1(run_dirs: list[Path], judge, out_dir: Path, reference: str = "sft", 
     """{size: {method: (win rate, lo, hi)}} against the largest run's ``reference`` responses."""
     runs = []
     for run in map(Path, run_dirs):
-        info = json.loads((run / "eval" / "final" / "rlhf.json").read_text())
+        info = read_provenance(run / "eval" / "final")
         rows = read_jsonl(run / "eval" / "samples.jsonl", "prompt")
         runs.append((n_params(info["models"]["sft"]), run, rows))
     runs.sort(key=lambda r: r[0])

@@ -25,7 +25,7 @@ from rlhf.eval.measure import mean_ci, rm_scores
 from rlhf.handoff import provenance, save_json
 from rlhf.models.generate import sample
 from rlhf.models.reward import load_reward_model
-from rlhf.stages.eval import judge_pairs
+from rlhf.eval.measure import judge_pairs
 
 log = logging.getLogger(__name__)
 

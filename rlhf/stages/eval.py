@@ -21,32 +21,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl, write_jsonl
 from rlhf.data.sources import data_file
-from rlhf.eval.measure import mean_ci, response_logprobs, rm_scores, text_loss
+from rlhf.eval.measure import few_shot_template, judge_pairs, mean_ci, response_logprobs, rm_scores, text_loss
 from rlhf.handoff import provenance, save_json
 from rlhf.models.generate import sample
 
 log = logging.getLogger(__name__)
-
-
-def few_shot_template(demos: list[dict], template: str) -> str:
-    """The template with k demonstrations in front: the paper's "prompted" GPT-3 baseline.
-
-    Shots are joined by newlines, not EOS: one document of answered prompts, like a quiz page
-    with its answers; after an EOS a base model starts a new document and forgets the shots.
-    """
-    shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + "\n" for d in demos)
-    return shots.replace("{", "{{").replace("}", "}}") + template
-
-
-def judge_pairs(judge, prompts, responses, reference, rng: random.Random) -> list[float]:
-    """P(response beats reference) per pair, shown to the judge in random order (position bias)."""
-    prefs = []
-    for p, a, b in zip(prompts, responses, reference):
-        if rng.random() < 0.5:
-            prefs.append(feedback.call_prefer(judge, p, a, b))
-        else:
-            prefs.append(1.0 - feedback.call_prefer(judge, p, b, a))
-    return prefs
 
 
 def run(cfg: DictConfig, sdir: Path) -> dict:

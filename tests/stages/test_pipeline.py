@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from rlhf.data.formats import read_jsonl
 from rlhf.feedback import FeedbackError
@@ -45,6 +46,9 @@ def test_collect_writes_ranked_comparisons_from_the_sft_policy(tiny_run):
     assert all(2 <= len(r["completions"]) <= 4 and len(set(r["completions"])) == len(r["completions"]) for r in train)
     info = json.loads((out / "p" / "collect" / "final" / "rlhf.json").read_text())
     assert info["init"].endswith("p/sft/final") and info["labeler"] == "WorldLabelers(training)"
+    for step in ("sft", "collect"):  # a copied final/ describes itself
+        recorded = OmegaConf.load(out / "p" / step / "final" / "config.yaml")
+        assert recorded.stage.name == step and "steps" not in recorded and "run_order" not in recorded
 
 
 def test_finished_steps_are_skipped_and_a_stopped_pipeline_continues(tiny_run):

@@ -1,0 +1,124 @@
+"""The pipeline's plan: every step composed and checked before the first runs, the wiring, the
+user's overlays winning, and finished steps compared with the config they were run with."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from rlhf.handoff import save_config, save_json
+from rlhf.pipeline import STEPS, plan, run_pipeline
+from rlhf.schema import ConfigError
+from rlhf.train import CONF_DIR
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+def planned(tmp_path, *overrides: str) -> dict:
+    """{step: PlannedStep} for ``rlhf-pipeline <overrides>`` under tmp_path."""
+    overrides = [f"output_root={tmp_path}", "run_name=p", *overrides]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return {s.name: s for s in plan(compose("pipeline", overrides=overrides), overrides)}
+
+
+def finish(step) -> None:
+    """Mark a planned step finished with its planned config, as train() would leave it."""
+    save_config(step.config, Path(step.config.stage_dir))
+    save_json(Path(step.config.stage_dir) / "final", {"metrics": {}, "selected": None})
+
+
+@pytest.mark.parametrize("bad,named", [("stage.epochs=abc", "stage.epochs"), ("+steps.ppo.stage.minibatch_size=0", "stage.minibatch_size=0"),
+                                       ("+steps.eval.stage.max_promts=5", "max_promts"), ("run_name=../../x", "must be a relative path inside output_root"),
+                                       ("+steps.rm.stage.optim.lr=-1", "stage.optim.lr=-1.0: must be > 0"),
+                                       ("+steps.collect.stage.num_samples=12", "stage.num_samples=12: must be >= 2 and <= 9")])
+def test_a_bad_value_in_any_step_fails_before_anything_runs(tmp_path, bad, named):
+    with pytest.raises(Exception, match=named.replace(".", r"\.").replace("+", r"\+")):
+        planned(tmp_path, bad)
+    assert not any(tmp_path.iterdir())  # nothing written: no world, no stage directory
+
+
+def test_a_typo_in_the_last_step_names_that_step(tmp_path):
+    with pytest.raises(ConfigError, match=r"step 'eval'.*max_promts"):
+        planned(tmp_path, "+steps.eval.stage.max_promts=5")
+    with pytest.raises(ConfigError, match=r"unknown pipeline step\(s\) \['evl'\]"):
+        planned(tmp_path, "+steps.evl.stage.max_prompts=5")
+
+
+def test_every_step_reads_what_the_table_says(tmp_path):
+    steps = planned(tmp_path)
+    run = tmp_path / "p"
+    assert list(steps) == list(STEPS)
+    assert steps["sft"].config.init == str(run / "pretrain" / "final")
+    assert steps["rm"].config.init == str(run / "sft" / "final")
+    assert steps["ppo_ptx"].config.stage.reward_model == str(run / "rm" / "final")
+    assert steps["ppo"].config.ptx.coef == 0 and steps["ppo_ptx"].config.ptx.coef == 27.8
+    assert steps["ppo_beta"].config.kl.coef == 0.1 and steps["ppo"].config.kl.coef == 0.02
+    assert steps["eval"].config.stage.models.ppo_beta == str(run / "ppo_beta" / "final")
+    assert "run_order" not in steps["sft"].config and "steps" not in steps["sft"].config  # rlhf-train configs
+
+
+def test_an_overlay_on_a_wired_key_wins(tmp_path):
+    steps = planned(tmp_path, "+steps.ppo.ptx.coef=0.5", "+steps.rm.init=/my/sft", "ptx.coef=3")
+    assert steps["ppo"].config.ptx.coef == 0.5  # the overlay beats the step's own ptx.coef=0
+    assert steps["rm"].config.init == "/my/sft"
+    assert steps["ppo_ptx"].config.ptx.coef == 3 and steps["ppo_beta"].config.ptx.coef == 0  # a global ptx.coef is PPO-ptx's
+
+
+def test_user_files_collection_feeds_the_rm_unless_the_user_names_comparisons(tmp_path, toy_data):
+    files = [f"data.files.{k}={v}" for k, v in toy_data.items()] + ["data.files.prompts_rm=p.jsonl", "data=files"]
+    steps = planned(tmp_path, *files)
+    assert steps["rm"].config.data.files.comparisons_train == str(tmp_path / "p" / "collect" / "comparisons_train.jsonl")
+    assert steps["rm"].config.data.files.comparisons_val == str(tmp_path / "p" / "collect" / "comparisons_val.jsonl")
+    steps = planned(tmp_path, *files, "data.files.comparisons_train=mine.jsonl")
+    assert steps["rm"].config.data.files.comparisons_train == "mine.jsonl"
+
+
+def test_a_finished_step_with_another_config_stops_the_plan_naming_the_key(tmp_path):
+    steps = planned(tmp_path)
+    for name in ("pretrain", "sft"):
+        finish(steps[name])
+    again = planned(tmp_path, "kl.coef=0.05", "judge=gold")  # neither changes what pretrain or SFT computed
+    assert again["pretrain"].status == again["sft"].status == "skip" and again["collect"].status == "run"
+    with pytest.raises(ConfigError, match=r"sft \(.*\): stage\.optim\.lr: 0\.001 -> 0\.0005(.|\n)*rerun=\[sft\]"):
+        planned(tmp_path, "+steps.sft.stage.optim.lr=5e-4")
+    rerun = planned(tmp_path, "+steps.sft.stage.optim.lr=5e-4", "rerun=[sft]")
+    assert rerun["pretrain"].status == "skip" and rerun["sft"].status == "rerun"
+    assert rerun["sft"].config.force and not rerun["sft"].config.resume  # from scratch, not the old checkpoint
+
+
+def test_a_finished_step_whose_input_will_be_rebuilt_is_not_skipped(tmp_path):
+    steps = planned(tmp_path)
+    finish(steps["sft"])  # SFT finished, but its pretrained model is not: SFT would be stale
+    with pytest.raises(ConfigError, match=r"sft: its inputs from pretrain will change(.|\n)*rerun=\[sft\]"):
+        planned(tmp_path)
+
+
+def test_a_copied_run_directory_still_matches(tmp_path):
+    import shutil
+
+    steps = planned(tmp_path / "a")
+    finish(steps["pretrain"])
+    shutil.copytree(tmp_path / "a" / "p", tmp_path / "b" / "p")
+    assert planned(tmp_path / "b")["pretrain"].status == "skip"
+
+
+def test_plan_only_prints_every_step_and_runs_nothing(tmp_path, capsys):
+    overrides = [f"output_root={tmp_path}", "run_name=p", "plan_only=true", "+steps.sft.stage.epochs=3"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        assert run_pipeline(compose("pipeline", overrides=overrides), overrides) == {}
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines() if not line.startswith("      ")]
+    assert [words[0] for words in lines] == list(STEPS) and all(w[1] == "run" for w in lines)
+    assert "      stage.epochs=3" in out  # differs from stage=sft's 16
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_plans(tmp_path, experiment):
+    steps = planned(tmp_path, f"experiment={experiment}")
+    assert all(s.status == "run" or s.name == "pretrain" for s in steps.values())
+    for s in steps.values():
+        if s.config is not None:
+            OmegaConf.resolve(s.config)
