@@ -127,6 +127,8 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
     bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS]
     if bad:
         raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}")
+    if set(cfg.rerun) - set(cfg.run_order):
+        raise ConfigError(f"rerun={list(cfg.rerun)} names steps that run_order={list(cfg.run_order)} does not run")
     rerun = dependents(set(cfg.rerun), list(cfg.run_order))
     steps: list[PlannedStep] = []
     for name in cfg.run_order:

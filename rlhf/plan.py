@@ -81,13 +81,22 @@ def check_finished(name: str, stage: str, cfg: DictConfig, rerun: bool, inputs_r
         return PlannedStep(name, cfg, "rerun", "asked for with rerun=", stage)
     if inputs_rerun:
         return PlannedStep(name, cfg, "changed", f"{name}: its inputs from {', '.join(inputs_rerun)} will change", stage)
-    record = next(p for p in (sdir / "final" / "config.yaml", sdir / "config.yaml") if p.is_file())  # final/'s: what made it
-    recorded = result_keys(OmegaConf.to_container(OmegaConf.load(record), resolve=True))
-    planned = result_keys(cfg)
-    diff = [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in planned.items() if k in recorded and recorded[k] != v]
+    diff = config_changes(cfg)
     if diff:
         return PlannedStep(name, cfg, "changed", f"{name} ({sdir}): " + "; ".join(diff), stage)
     return PlannedStep(name, cfg, "skip", f"finished in {sdir} with this config", stage)
+
+
+def config_changes(cfg: DictConfig) -> list[str]:
+    """``key: recorded -> now`` for each result key in which ``cfg`` differs from the config its
+    finished stage recorded (``final/config.yaml``: what made it; else the stage directory's).
+    Keys only one side has (renamed or dropped by an upgrade) are not compared."""
+    sdir = step_dir(cfg)
+    record = next((p for p in (sdir / "final" / "config.yaml", sdir / "config.yaml") if p.is_file()), None)
+    if record is None:
+        return [f"no config.yaml recorded in {sdir}"]
+    recorded = result_keys(OmegaConf.to_container(OmegaConf.load(record), resolve=True))
+    return [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in result_keys(cfg).items() if k in recorded and recorded[k] != v]
 
 
 def describe(steps: list[PlannedStep], configs: bool = False) -> str:

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.distributed import build_strategy, gather_for_export
 from rlhf.handoff import is_finished, last_checkpoint, provenance, read_provenance, save_config, stage_dir
-from rlhf.schema import register, validate
+from rlhf.plan import config_changes
+from rlhf.schema import ConfigError, register, validate
 
 log = logging.getLogger(__name__)
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's top-level conf/
@@ -57,6 +58,10 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     validate(cfg)
     sdir = stage_dir(cfg)
     if is_finished(sdir) and not cfg.force:
+        changes = config_changes(cfg)
+        if changes:
+            raise ConfigError(f"stage {cfg.stage.name} in {sdir} finished with another config: {'; '.join(changes)}. "
+                              "force=true resume=false trains it again from scratch; or use another run_name")
         log.info("stage %s already finished in %s (force=true reruns it)", cfg.stage.name, sdir)
         return read_provenance(sdir / "final")["metrics"], {}
     save_config(cfg, sdir)

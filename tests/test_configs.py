@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import make_config
 from rlhf import schema
+from rlhf.schema import groups
 from rlhf.schema import ConfigError, validate
 from rlhf.train import CONF_DIR, train
 
@@ -90,7 +91,7 @@ def test_pretraining_lr_comes_from_the_model_preset(model, lr, tmp_path):
     assert cfg.stage.optim.lr == 5e-4  # the command line wins
 
 
-SCHEMAS = [c for c in vars(schema).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
+SCHEMAS = [c for m in (schema, groups) for c in vars(m).values() if isinstance(c, type) and dataclasses.is_dataclass(c)]
 
 
 @pytest.mark.parametrize("node", SCHEMAS, ids=lambda c: c.__name__)
@@ -103,7 +104,7 @@ def test_every_schema_key_is_read_somewhere(node):
 
         assert {f.name for f in dataclasses.fields(node)} <= set(inspect.signature(pl.Trainer).parameters)
         return
-    code = "\n".join(p.read_text() for p in Path(schema.__file__).parent.rglob("*.py") if p.name != "schema.py")
+    code = "\n".join(p.read_text() for p in Path(CONF_DIR).parent.joinpath("rlhf").rglob("*.py") if "schema" not in p.parts)
     yaml = "\n".join(p.read_text() for p in Path(CONF_DIR).rglob("*.yaml"))
     unread = [f.name for f in dataclasses.fields(node)
               if not re.search(rf"(\.{f.name}\b|[\"']{f.name}[\"']|\b{f.name}(=|: ))", code)
@@ -118,7 +119,9 @@ def test_every_schema_key_is_read_somewhere(node):
                                        ("kl.coef=-0.1", "kl.coef=-0.1: must be >= 0"),
                                        ("stage.ema_decay=1.5", "stage.ema_decay=1.5: must be >= 0 and <= 1"),
                                        ("stage.name=../x", "stage.name=../x: must be one directory name"),
-                                       ("run_name=/abs", "run_name=/abs: must be a relative path")])
+                                       ("run_name=/abs", "run_name=/abs: must be a relative path"),
+                                       ("stage.iterations=null", "stage.iterations=null runs until trainer.max_steps"),
+                                       ("ptx.coef=1", "ptx.coef=1.0 needs ptx.examples_per_episode > 0")])
 def test_rlhf_train_checks_every_value_before_it_writes_anything(tmp_path, bad, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
         train(make_config(["stage=ppo", f"output_root={tmp_path}", bad]))
@@ -131,3 +134,12 @@ def test_a_wrong_type_names_the_key():
     with pytest.raises(ConfigCompositionException, match="stage.epochs=abc") as err:
         make_config(["stage.epochs=abc"])
     assert "could not be converted to Integer" in str(err.value.__cause__)
+
+
+def test_rlhf_train_on_a_finished_stage_with_another_config_names_the_key(tmp_path, toy_overrides):
+    cfg = make_config([*toy_overrides, "stage=pretrain", "debug=fast"])
+    first, _ = train(cfg)
+    again, _ = train(make_config([*toy_overrides, "stage=pretrain", "debug=fast", "trainer.enable_progress_bar=true"]))
+    assert again == first  # read back: only how the run is watched changed
+    with pytest.raises(ConfigError, match=r"stage pretrain .* finished with another config: stage\.optim\.lr: 0\.003 -> 0\.001"):
+        train(make_config([*toy_overrides, "stage=pretrain", "debug=fast", "stage.optim.lr=1e-3"]))

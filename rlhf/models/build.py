@@ -79,5 +79,5 @@ def build_causal_lm(cfg: DictConfig, tokenizer) -> PreTrainedModel:
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding. GPT-2's forward pass is wrong without them (stack.md)."""
+    """Positions that skip left padding. GPT-2's forward pass is wrong without them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -3,7 +3,7 @@
 For validation prompts, n samples each from the policy (``init``). The judge compares
 (a) the RM's best of n and (b) the judge's own best of n against (c) one sample; with the
 built-in world the gold score of each is reported too. If the RM's best of n is no better than
-one sample, PPO against this RM is unlikely to beat SFT (measured here: shared notes); the
+one sample, PPO against this RM is unlikely to beat SFT; the
 log and the report say so plainly. Writes ``final/rlhf.json``: ``{pick}/win_rate_vs_one`` and
 ``{pick}/gold`` (mean, _lo, _hi) for pick in one_sample, rm_best, judge_best; ``rm_helps``;
 ``verdict`` (the plain sentence); ``n``, ``n_prompts`` and the judge.

@@ -1,6 +1,6 @@
 """A real single-node SLURM cluster on this machine (Debian 12, root, no systemd): install, start, stop.
 
-The facts it follows are in ../shared/notes/slurm.md: Debian's slurmctld, slurmd, munge, and
+It runs Debian's slurmctld, slurmd, munge, and
 slurmdbd with MariaDB (without accounting, submitit polls forever for a job that died without a
 result). Every file lives in one directory; clients find it through ``SLURM_CONF``. Each daemon
 runs in the foreground as a child of this process, so stopping kills exactly what was started.

@@ -48,3 +48,27 @@ def test_paper_sizes_multirun_writes_figure_1(tmp_path):
     assert {"base", "prompted", "sft", "ppo", "ppo_ptx"} <= set(fig["sizes"]["tiny"])
     assert (tmp_path / "paper_sizes" / "figure1" / "figure1.png").is_file()
     assert (tmp_path / "paper_sizes" / "small" / "report" / "summary.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["quickstart", "paper_1.3b"])
+def test_experiment_runs_end_to_end_with_debug_fast(tmp_path, experiment):
+    """Each single-run preset, on the tiny world and preset (paper_1.3b's Pythia cannot be
+    downloaded here, nor its GPU trainer used: model, trainer and strategy are swapped)."""
+    from test_pipeline import TINY_WORLD
+
+    swap = ["model=tiny", "trainer=cpu", "strategy=auto"] if experiment == "paper_1.3b" else []
+    ppo = {"iterations": 2, "batch_size": 16, "minibatch_size": 8}
+    overrides = [f"experiment={experiment}", *swap, "debug=fast", f"output_root={tmp_path}", "run_name=x",
+                 "model.vocab_size=600", *TINY_WORLD, "data.max_response_tokens=24", "++steps.collect.stage.num_samples=4",
+                 *(f"++steps.{s}.stage.max_prompts=10" for s in ("eval", "bestofn", "select")),
+                 *(f"++steps.ppo.stage.{k}={v}" for k, v in ppo.items())]
+    from hydra import compose, initialize_config_dir
+
+    from rlhf.pipeline import run_pipeline
+    from rlhf.train import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        results = run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    assert {"sft", "rm", "ppo", "ppo_ptx", "ppo_beta", "eval"} <= set(results)
+    assert (tmp_path / "x" / "report" / "summary.md").is_file()

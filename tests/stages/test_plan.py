@@ -60,7 +60,8 @@ def test_every_step_reads_what_the_table_says(tmp_path):
 
 
 def test_an_overlay_on_a_wired_key_wins(tmp_path):
-    steps = planned(tmp_path, "+steps.ppo.ptx.coef=0.5", "+steps.rm.init=/my/sft", "ptx.coef=3")
+    steps = planned(tmp_path, "+steps.ppo.ptx.coef=0.5", "+steps.ppo.ptx.examples_per_episode=2", "+steps.rm.init=/my/sft",
+                    "ptx.coef=3")
     assert steps["ppo"].config.ptx.coef == 0.5  # the overlay beats the step's own ptx.coef=0
     assert steps["rm"].config.init == "/my/sft"
     assert steps["ppo_ptx"].config.ptx.coef == 3 and steps["ppo_beta"].config.ptx.coef == 0  # a global ptx.coef is PPO-ptx's

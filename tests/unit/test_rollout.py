@@ -84,7 +84,7 @@ def test_left_padded_recompute_equals_unpadded_per_example(kind):
                                        atol=1e-5, rtol=0)
 
 
-def test_gpt2_needs_position_ids_with_left_padding():  # why rollout passes them (notes/stack.md)
+def test_gpt2_needs_position_ids_with_left_padding():  # why rollout passes them
     lm, _ = _tiny("gpt2")
     _, _, (q, qm, _, _) = _padded_batch()
     with torch.no_grad():

@@ -61,6 +61,21 @@ def _mean(xs) -> float:
     return round(statistics.mean(xs), 4) if xs else 0.0
 
 
+def gold_summary(demos: list[dict], comparisons: list[dict], names: list[str]) -> dict:
+    """Gold scores of the demonstrations (overall, by family) and of the offline candidates."""
+    demo_gold = [gold_score(r["prompt"], r["completion"]) for r in demos]
+    cand_gold = [[gold_score(c["prompt"], x) for x in c["completions"]] for c in comparisons]
+    return {
+        "best_achievable": 1.0,
+        "demonstrations_mean": _mean(demo_gold),
+        "demonstrations_by_family": {n: _mean([g for g, r in zip(demo_gold, demos) if r["family"] == n])
+                                     for n in names},
+        "offline_candidates_mean": _mean([g for gs in cand_gold for g in gs]),
+        "offline_labeler_top1_mean": _mean([gs[c["ranking"][0]] for gs, c in zip(cand_gold, comparisons)]),
+        "offline_best_mean": _mean([max(gs) for gs in cand_gold]),
+    }
+
+
 def write_world(out_dir, *, seed: int = 0, n_pretrain: int = 20000, n_pretrain_val: int = 1000,
                 n_sft: int = 2000, n_sft_val: int = 200, n_rm: int = 2000, n_ppo: int = 1000,
                 n_val: int = 250, n_test: int = 250, families: list[str] | None = None,
@@ -102,23 +117,12 @@ def write_world(out_dir, *, seed: int = 0, n_pretrain: int = 20000, n_pretrain_v
     }
     paths = {name: _write(out / f"{name}.jsonl", rows[name]) for name in FILES}
 
-    demo_gold = [gold_score(r["prompt"], r["completion"]) for r in demos["sft_train"]]
-    cand_gold = [[gold_score(c["prompt"], x) for x in c["completions"]] for c in comparisons]
     info = {
         "seed": seed, "families": names, "labeler_noise": labeler_noise,
         "sizes": {"pretrain_train": n_pretrain, "pretrain_val": n_pretrain_val, **sizes},
         "files": {f"{name}.jsonl": kind for name, kind in FILES.items()},
         "counts": {s: {n: sum(f == n for f, _ in prompts[s]) for n in names} for s in sizes},
-        "gold": {
-            "best_achievable": 1.0,
-            "demonstrations_mean": _mean(demo_gold),
-            "demonstrations_by_family": {n: _mean([g for g, r in zip(demo_gold, demos["sft_train"])
-                                                   if r["family"] == n]) for n in names},
-            "offline_candidates_mean": _mean([g for gs in cand_gold for g in gs]),
-            "offline_labeler_top1_mean": _mean([gs[c["ranking"][0]]
-                                                for gs, c in zip(cand_gold, comparisons)]),
-            "offline_best_mean": _mean([max(gs) for gs in cand_gold]),
-        },
+        "gold": gold_summary(demos["sft_train"], comparisons, names),
         "calibration": measure([p for _, p in prompts["rm"][:n_calibration]], seed, labeler_noise),
         "labelers": {"training": pool.params(),
                      "held_out": LabelerPool.held_out(seed, labeler_noise).params()},
