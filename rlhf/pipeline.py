@@ -39,6 +39,7 @@ class Step:
     stage: str | None                              # conf/stage option; None: the report
     overrides: tuple[str, ...] = ()                # what the step always needs
     inputs: dict[str, str] = field(default_factory=dict)
+    optional: tuple[str, ...] = ()                 # inputs left unset when their step neither runs nor ran
 
 
 PPO_INPUTS = {"init": "policy", "stage.reward_model": "rm"}
@@ -56,7 +57,8 @@ STEPS = {
     "ppo_beta": Step("ppo", ("ptx=off", "ptx.coef=0", "stage.name=ppo_beta"), PPO_INPUTS),
     "eval": Step("eval", inputs={"stage.models.base": "base", "stage.models.sft": "policy", "stage.reward_model": "rm",
                                  "stage.models.ppo": "ppo", "stage.models.ppo_ptx": "ppo_ptx",
-                                 "stage.models.ppo_beta": "ppo_beta"}),
+                                 "stage.models.ppo_beta": "ppo_beta"},
+                 optional=("stage.models.ppo", "stage.models.ppo_ptx", "stage.models.ppo_beta", "stage.reward_model")),
     "report": Step(None),
 }
 # what a step's rlhf-train config leaves out (the pipeline's objective is a <step>/<metric>)
@@ -87,15 +89,14 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
     step_cfg = OmegaConf.masked_copy(full, [k for k in full if k not in PIPELINE_ONLY])
     OmegaConf.set_struct(step_cfg, True)
     for key, src in step.inputs.items():
-        given = OmegaConf.select(step_cfg, key) if key.startswith("data.files.") else None
-        if given is not None:  # the user's (or the world's) file wins
-            whose = f"written by step {src.split('/')[0]}" if Path(given) == Path(source(src, cfg)) else "your file"
-            log.info("step %s reads %s=%s (%s)", name, key, given, whose)
-            continue
-        feeder = src.split("/")[0]
-        if feeder in STEPS and feeder not in cfg.run_order and not Path(source(src, cfg)).exists():
+        path, feeder = source(src, cfg), src.split("/")[0]
+        if key in step.optional and feeder not in cfg.run_order and not Path(path).exists():
             continue  # e.g. eval's stage.models.ppo when no PPO step runs
-        OmegaConf.update(step_cfg, key, source(src, cfg), force_add=True)
+        if key.startswith("data.files."):  # a file the user (or the world) names wins
+            path = OmegaConf.select(step_cfg, key) or path
+            whose = f"written by step {feeder}" if Path(path) == Path(source(src, cfg)) else "your file"
+            log.info("step %s reads %s=%s (%s)", name, key, path, whose)
+        OmegaConf.update(step_cfg, key, path, force_add=True)
     try:
         overlay = cfg.steps.get(name)  # resolved here: it may point at another step's overlay
         step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
@@ -120,6 +121,19 @@ def dependents(names: set[str], order: list[str]) -> set[str]:
     return out
 
 
+def missing_inputs(steps: list[PlannedStep], cfg: DictConfig) -> list[str]:
+    """Inputs of steps about to run that no step of ``run_order`` makes and no earlier run made."""
+    out = []
+    for s in (s for s in steps if s.status in ("run", "rerun") and s.config is not None):
+        for key, src in STEPS[s.name].inputs.items():
+            feeder = {"base": "pretrain", "policy": "sft"}.get(src, src.split("/")[0])
+            path = OmegaConf.select(s.config, key)
+            made_here = path and path == source(src, cfg) and Path(path).is_relative_to(cfg.run_dir)
+            if made_here and feeder not in cfg.run_order and not Path(path).exists():
+                out.append(f"step {s.name} reads {key}={path}, but step {feeder} is not in run_order and has not run")
+    return out
+
+
 def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
     """Every step of ``cfg.run_order`` with its composed, checked config and whether it runs.
     Fails in seconds on a bad key or value in any step, or on a finished step whose recorded
@@ -140,6 +154,9 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
             runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name)]
             steps.append(check_finished(name, STEPS[name].stage, step_config(cfg, overrides, name),
                                         name in rerun, runs))
+    missing = missing_inputs(steps, cfg)
+    if missing:
+        raise ConfigError("\n".join(missing))
     changed = [s for s in steps if s.status == "changed"]
     if changed:
         names = sorted({s.name for s in changed}, key=list(cfg.run_order).index)

@@ -55,9 +55,9 @@ class Train:
 class Pipeline(Train):
     """conf/pipeline.yaml (rlhf-pipeline)."""
     run_order: List[str] = MISSING
-    run_dir_per_job: bool = MISSING
-    plan_only: bool = MISSING
-    rerun: List[str] = MISSING                   # steps to rerun from scratch, with what they feed
+    run_dir_per_job: bool = True                 # a multirun job runs in its own job directory
+    plan_only: bool = False                      # print the plan and stop
+    rerun: List[str] = field(default_factory=list)  # steps to rerun from scratch, with what they feed
 
 
 def register() -> None:

@@ -67,13 +67,18 @@ def test_an_overlay_on_a_wired_key_wins(tmp_path):
     assert steps["ppo_ptx"].config.ptx.coef == 3 and steps["ppo_beta"].config.ptx.coef == 0  # a global ptx.coef is PPO-ptx's
 
 
-def test_user_files_collection_feeds_the_rm_unless_the_user_names_comparisons(tmp_path, toy_data):
+def test_user_files_collection_feeds_the_rm_unless_the_user_names_comparisons(tmp_path, toy_data, caplog):
     files = [f"data.files.{k}={v}" for k, v in toy_data.items()] + ["data.files.prompts_rm=p.jsonl", "data=files"]
-    steps = planned(tmp_path, *files)
-    assert steps["rm"].config.data.files.comparisons_train == str(tmp_path / "p" / "collect" / "comparisons_train.jsonl")
+    collected = str(tmp_path / "p" / "collect" / "comparisons_train.jsonl")
+    with caplog.at_level("INFO", logger="rlhf.pipeline"):
+        steps = planned(tmp_path, *files)
+    assert steps["rm"].config.data.files.comparisons_train == collected
     assert steps["rm"].config.data.files.comparisons_val == str(tmp_path / "p" / "collect" / "comparisons_val.jsonl")
-    steps = planned(tmp_path, *files, "data.files.comparisons_train=mine.jsonl")
+    assert f"step rm reads data.files.comparisons_train={collected} (written by step collect)" in caplog.text
+    with caplog.at_level("INFO", logger="rlhf.pipeline"):
+        steps = planned(tmp_path, *files, "data.files.comparisons_train=mine.jsonl")
     assert steps["rm"].config.data.files.comparisons_train == "mine.jsonl"
+    assert "step rm reads data.files.comparisons_train=mine.jsonl (your file)" in caplog.text
 
 
 def test_a_finished_step_with_another_config_stops_the_plan_naming_the_key(tmp_path):
@@ -123,3 +128,10 @@ def test_every_experiment_plans(tmp_path, experiment):
     for s in steps.values():
         if s.config is not None:
             OmegaConf.resolve(s.config)
+
+
+def test_a_step_whose_input_no_step_makes_fails_at_plan_time(tmp_path):
+    with pytest.raises(ConfigError, match=r"step rm reads init=.*/p/sft/final, but step sft is not in run_order and has not run"):
+        planned(tmp_path, "run_order=[collect,rm]")
+    steps = planned(tmp_path, "run_order=[pretrain,sft,eval]")  # PPO models are optional for eval
+    assert "ppo" not in steps["eval"].config.stage.models or steps["eval"].config.stage.models.ppo is None
