@@ -14,15 +14,17 @@ only if its recorded config matches the plan's; otherwise the pipeline stops and
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rlhf.handoff import read_provenance
+from rlhf.data.sources import ensure_world, world_changes
+from rlhf.handoff import is_finished, read_provenance
 from rlhf.plan import PlannedStep, check_finished, describe, step_dir
 from rlhf.schema import ConfigError, Pipeline, Train, validate
 from rlhf.train import CONF_DIR, train, use_job_dir_in_multirun
@@ -72,9 +74,10 @@ def source(src: str, cfg: DictConfig) -> str | None:
         start = cfg.get("init") or cfg.model.get("pretrained")
         return start or (str(run / "pretrain" / "final") if "pretrain" in cfg.run_order else None)
     if src == "policy":
-        chosen = run / "select" / "final"
-        if "select" in cfg.run_order and (chosen / "rlhf.json").is_file():
-            return read_provenance(chosen)["selected"]
+        if "select" in cfg.run_order and is_finished(run / "select"):
+            info = read_provenance(run / "select" / "final")  # the epoch, in this run dir (it may be a copy)
+            chosen, sft = Path(info["selected"]), Path(info["init"]).parent
+            return str(run / "sft" / chosen.relative_to(sft)) if chosen.is_relative_to(sft) else str(chosen)
         src = "sft"
     step, _, file = src.partition("/")
     return str(run / step / (file or "final"))
@@ -90,8 +93,8 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
     OmegaConf.set_struct(step_cfg, True)
     for key, src in step.inputs.items():
         path, feeder = source(src, cfg), src.split("/")[0]
-        if key in step.optional and feeder not in cfg.run_order and not Path(path).exists():
-            continue  # e.g. eval's stage.models.ppo when no PPO step runs
+        if key in step.optional and feeder not in cfg.run_order and not is_finished(Path(path).parent):
+            continue  # e.g. eval's stage.models.ppo when no PPO step runs or ran
         if key.startswith("data.files."):  # a file the user (or the world) names wins
             path = OmegaConf.select(step_cfg, key) or path
             whose = f"written by step {feeder}" if Path(path) == Path(source(src, cfg)) else "your file"
@@ -99,7 +102,8 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
         OmegaConf.update(step_cfg, key, path, force_add=True)
     try:
         overlay = cfg.steps.get(name)  # resolved here: it may point at another step's overlay
-        step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
+        with open_dict(step_cfg):  # new keys as with +key=: validate() allows them in trainer only
+            step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
         return validate(step_cfg)
     except Exception as e:  # noqa: BLE001 - an overlay's type error too: say which step
         raise ConfigError(f"step {name!r} (steps.{name} over stage={step.stage}): {e}") from e
@@ -143,6 +147,8 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
         raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}")
     if set(cfg.rerun) - set(cfg.run_order):
         raise ConfigError(f"rerun={list(cfg.rerun)} names steps that run_order={list(cfg.run_order)} does not run")
+    if cfg.data.get("world") is not None and world_changes(cfg.data):
+        ensure_world(cfg.data)  # raises, naming what changed
     rerun = dependents(set(cfg.rerun), list(cfg.run_order))
     steps: list[PlannedStep] = []
     for name in cfg.run_order:
@@ -152,8 +158,10 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
             steps.append(PlannedStep(name, None, "skip", f"the model starts from {source('base', cfg)}"))
         else:
             runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name)]
-            steps.append(check_finished(name, STEPS[name].stage, step_config(cfg, overrides, name),
-                                        name in rerun, runs))
+            step_cfg = step_config(cfg, overrides, name)
+            late = tuple(k for k, src in STEPS[name].inputs.items()  # wired to the epoch select picks, when it has
+                         if src == "policy" and OmegaConf.select(step_cfg, k) == source("policy", cfg))
+            steps.append(check_finished(name, STEPS[name].stage, step_cfg, name in rerun, runs)._replace(late=late))
     missing = missing_inputs(steps, cfg)
     if missing:
         raise ConfigError("\n".join(missing))
@@ -165,6 +173,15 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
             + f"\nTo run them again, and the steps that read their outputs: rerun=[{','.join(names)}]; "
             "or keep this run and start another with run_name=<new name>.")
     return steps
+
+
+def set_aside(sdir: Path) -> Path:
+    """Move a stage directory out of the way of its rerun (old epochs, logs and samples would mix
+    with the new ones); nothing is deleted."""
+    aside = sdir.with_name(f"{sdir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    sdir.rename(aside)
+    log.warning("rerun of %s: the previous run is kept in %s", sdir, aside)
+    return aside
 
 
 def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
@@ -182,9 +199,10 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
             continue
         if step.status == "skip" and step.config is None:
             continue  # pretrain of a pretrained model
-        for key, src in STEPS[step.name].inputs.items():  # select has run by now: wire its choice
-            if src == "policy" and OmegaConf.select(step.config, key) == source("sft", cfg):
-                OmegaConf.update(step.config, key, source("policy", cfg))
+        for key in step.late:  # select has run by now (or again): wire its choice
+            OmegaConf.update(step.config, key, source("policy", cfg))
+        if step.status == "rerun":
+            set_aside(step_dir(step.config))
         results[step.name], _ = train(step.config)
         if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
             info = read_provenance(step_dir(step.config) / "final")

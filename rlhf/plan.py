@@ -25,8 +25,10 @@ READS = {
     "eval": ("stage", "data", "seed", "judge"),
 }
 # how a run is watched or saved, not what it computes
+# (model.pretrain_lr reaches a result only as pretrain's stage.optim.lr, which is compared)
 NOT_RESULTS = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "stage.save_every_n_steps",
-               "stage.log_samples", "stage.log_samples_every", "data.dir", "data.files", "data.name")
+               "stage.log_samples", "stage.log_samples_every", "data.dir", "data.files", "data.name",
+               "model.pretrain_lr")
 
 
 class PlannedStep(NamedTuple):
@@ -35,6 +37,7 @@ class PlannedStep(NamedTuple):
     status: str                      # run | skip | rerun | changed
     why: str
     stage: str | None = None         # conf/stage option
+    late: tuple[str, ...] = ()       # keys set to the SFT epoch select picks, once it has run
 
 
 def step_dir(cfg: DictConfig) -> Path:
@@ -54,6 +57,7 @@ def result_keys(cfg: DictConfig | dict) -> dict:
     named = {v for v in _flat(st).values() for v in (v if isinstance(v, list) else [v]) if isinstance(v, str)}
     named |= {c["ptx"]["data"]} if st["kind"] == "ppo" and c["ptx"]["coef"] else set()
     named |= {"pretrain_train"} if st.get("pretrain_mix") else set()
+    named |= {"sft_train"} if st["kind"] == "eval" and st["prompted"] else set()  # the few-shot demonstrations
     files = {f"data.files.{k}": v for k, v in c["data"]["files"].items() if k in named}
     flat = _flat({k: c.get(k) for k in READS[st["kind"]]})
     flat = {k: v for k, v in flat.items() if not k.startswith(NOT_RESULTS)} | files

@@ -106,8 +106,8 @@ def test_every_schema_key_is_read_somewhere(node):
         return
     code = "\n".join(p.read_text() for p in Path(CONF_DIR).parent.joinpath("rlhf").rglob("*.py") if "schema" not in p.parts)
     yaml = "\n".join(p.read_text() for p in Path(CONF_DIR).rglob("*.yaml"))
-    unread = [f.name for f in dataclasses.fields(node)
-              if not re.search(rf"(\.{f.name}\b|[\"']{f.name}[\"']|\b{f.name}(=|: ))", code)
+    unread = [f.name for f in dataclasses.fields(node)  # attribute, key, or a parameter of the function given the node
+              if not re.search(rf"(\.{f.name}\b|[\"']{f.name}[\"']|def \w+\([^)]*\b{f.name}\b)", code)
               and not re.search(rf"\${{[^}}]*\b{f.name}}}", yaml)]  # read through an interpolation
     assert not unread, f"{node.__name__}: {unread}"
 
@@ -143,3 +143,30 @@ def test_rlhf_train_on_a_finished_stage_with_another_config_names_the_key(tmp_pa
     assert again == first  # read back: only how the run is watched changed
     with pytest.raises(ConfigError, match=r"stage pretrain .* finished with another config: stage\.optim\.lr: 0\.003 -> 0\.001"):
         train(make_config([*toy_overrides, "stage=pretrain", "debug=fast", "stage.optim.lr=1e-3"]))
+
+
+def _schema_of(group: str, option: str, raw):
+    if group == "stage":
+        return groups.STAGES[raw.name if raw.name in groups.STAGES else option]
+    return groups.GROUPS.get(group)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("stage", "model", "data", "kl", "ptx", "trainer") for o in options(g)])
+def test_every_key_in_every_yaml_is_in_its_schema(group, option):
+    """Every YAML key is a field of the dataclass its file extends (Hydra enforces it too; this
+    says which file and key when it does not)."""
+    raw = OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")
+    node = _schema_of(group, option, raw)
+    assert f"/schema/{group}/" in str(raw.defaults[0] if "defaults" in raw else "") or group == "trainer" and option != "default"
+
+    def walk(cfg, schema_cls, path):
+        fields = {f.name: f for f in dataclasses.fields(schema_cls)}
+        for k in cfg:
+            assert k in fields, f"conf/{group}/{option}.yaml: {path}{k} is not in {schema_cls.__name__}"
+            sub = cfg[k] if OmegaConf.is_dict(cfg) and isinstance(cfg._get_node(k), type(cfg)) else None
+            typ = fields[k].type
+            cls = getattr(groups, typ.removeprefix("Optional[").removesuffix("]"), None)
+            if sub is not None and cls is not None and dataclasses.is_dataclass(cls):
+                walk(sub, cls, f"{path}{k}.")
+
+    walk(OmegaConf.masked_copy(raw, [k for k in raw if k != "defaults"]), node, "")

@@ -1,6 +1,7 @@
 """Resolve a stage's data files: user JSONL paths, or the built-in world written on first use."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -9,13 +10,36 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.schema import ConfigError
+
+# data.world.<key> -> world.json's sizes.<split>, for worlds written before world.json kept its params
+SIZES = {"n_pretrain": "pretrain_train", "n_pretrain_val": "pretrain_val", "n_sft": "sft_train", "n_sft_val": "sft_val",
+         "n_rm": "rm", "n_ppo": "ppo", "n_val": "val", "n_test": "test"}
+
 log = logging.getLogger(__name__)
 
 
+def world_changes(data_cfg: DictConfig) -> list[str]:
+    """``data.world.<key>: written -> now`` where the world already in ``data.dir`` was written with
+    other values (it is never rewritten). Worlds from before ``params`` compare their sizes only."""
+    info_file = Path(data_cfg.dir) / "world.json"
+    if data_cfg.get("world") is None or not info_file.is_file():
+        return []
+    info, now = json.loads(info_file.read_text()), OmegaConf.to_container(data_cfg.world, resolve=True)
+    old = info.get("params") or {"seed": info["seed"], "labeler_noise": info["labeler_noise"],
+                                 **{k: info["sizes"][s] for k, s in SIZES.items()}}
+    return [f"data.world.{k}: {old[k]!r} -> {v!r}" for k, v in now.items() if k in old and old[k] != v]
+
+
 def ensure_world(data_cfg: DictConfig) -> None:
-    """Write the built-in world into ``data.dir`` once (atomically, so parallel jobs agree)."""
+    """Write the built-in world into ``data.dir`` once (atomically, so parallel jobs agree); a world
+    already there that was written with other ``data.world`` values is an error, not reused."""
     out = Path(data_cfg.dir)
     if (out / "world.json").is_file():
+        changes = world_changes(data_cfg)
+        if changes:
+            raise ConfigError(f"the built-in world in {out} was written with other values: {'; '.join(changes)}. "
+                              "It is not rewritten: start another run_name (or set data.dir elsewhere)")
         return
     from rlhf.data.world import write_world  # imported lazily: user data never needs it
 

@@ -74,7 +74,7 @@ def _problems(node: Any, schema: type, path: str) -> list[str]:
     out = []
     names = {f.name for f in dataclasses.fields(schema)}
     if not getattr(schema, "open", False):
-        out += [f"{path}{k}: unknown key (the keys of {schema.__name__} are in rlhf/schema.py)"
+        out += [f"{path}{k}: unknown key (the keys of {schema.__name__} are in rlhf/schema/)"
                 for k in node if k not in names]
     for f in dataclasses.fields(schema):
         value = node.get(f.name)

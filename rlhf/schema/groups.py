@@ -89,7 +89,7 @@ class PPOStage(TrainedStage):
     value_clip: Optional[float] = positive()
     vf_coef: float = nonneg()
     ema_decay: Optional[float] = fraction()
-    log_samples_every: int = size()
+    log_samples_every: int = nonneg()            # 0: never
     log_samples: int = nonneg()
     optim: PPOOptim = MISSING
     trainer: Dict[str, Any] = MISSING            # Trainer arguments the stage fixes

@@ -21,11 +21,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl
 from rlhf.data.sources import data_file
-from rlhf.eval.measure import mean_ci, rm_scores
+from rlhf.eval.measure import judge_pairs, mean_ci, rm_scores
 from rlhf.handoff import provenance, save_json
 from rlhf.models.generate import sample
 from rlhf.models.reward import load_reward_model
-from rlhf.eval.measure import judge_pairs
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ def test_grid_of_ppo_jobs_runs_as_a_job_array_each_in_its_own_directory(cluster,
         assert {f"kl.coef={kl:g}", f"ptx.coef={ptx:g}"} <= set(OmegaConf.load(job / ".hydra/overrides.yaml"))
         r = rows(job)
         assert len(r) == 2 and float(r[0]["train/beta"]) == pytest.approx(kl)
-        assert bool(r[-1].get("train/ptx_loss")) == (ptx > 0)  # the ptx term runs only with gamma > 0
+        assert bool(r[-1].get("train/ptx_loss")) == (ptx > 0)  # the ptx term runs only with ptx.coef > 0
         info = OmegaConf.load(job / "final" / "rlhf.json")
         assert info.kl.coef == kl and info.ptx.coef == ptx
         AutoModelForCausalLM.from_pretrained(job / "final")

@@ -62,7 +62,7 @@ def test_experiment_runs_end_to_end_with_debug_fast(tmp_path, experiment):
     overrides = [f"experiment={experiment}", *swap, "debug=fast", f"output_root={tmp_path}", "run_name=x",
                  "model.vocab_size=600", *TINY_WORLD, "data.max_response_tokens=24", "++steps.collect.stage.num_samples=4",
                  *(f"++steps.{s}.stage.max_prompts=10" for s in ("eval", "bestofn", "select")),
-                 *(f"++steps.ppo.stage.{k}={v}" for k, v in ppo.items())]
+                 *(f"++steps.{s}.stage.{k}={v}" for s in ("ppo", "ppo_ptx", "ppo_beta") for k, v in ppo.items())]
     from hydra import compose, initialize_config_dir
 
     from rlhf.pipeline import run_pipeline

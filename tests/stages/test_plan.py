@@ -2,13 +2,14 @@
 user's overlays winning, and finished steps compared with the config they were run with."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from rlhf.handoff import save_config, save_json
+from rlhf.handoff import is_finished, save_config, save_json
 from rlhf.pipeline import STEPS, plan, run_pipeline
 from rlhf.schema import ConfigError
 from rlhf.train import CONF_DIR
@@ -102,7 +103,6 @@ def test_a_finished_step_whose_input_will_be_rebuilt_is_not_skipped(tmp_path):
 
 
 def test_a_copied_run_directory_still_matches(tmp_path):
-    import shutil
 
     steps = planned(tmp_path / "a")
     finish(steps["pretrain"])
@@ -135,3 +135,74 @@ def test_a_step_whose_input_no_step_makes_fails_at_plan_time(tmp_path):
         planned(tmp_path, "run_order=[collect,rm]")
     steps = planned(tmp_path, "run_order=[pretrain,sft,eval]")  # PPO models are optional for eval
     assert "ppo" not in steps["eval"].config.stage.models or steps["eval"].config.stage.models.ppo is None
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_prints_its_plan(tmp_path, experiment, capsys):
+    overrides = [f"output_root={tmp_path}", "run_name=p", f"experiment={experiment}", "plan_only=true"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        assert run_pipeline(compose("pipeline", overrides=overrides), overrides) == {}
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in STEPS) and not (tmp_path / "p").exists()
+
+
+def fake_stages(monkeypatch, picks: list[str]) -> dict:
+    """train() replaced by one that records each step's init and marks it finished; select picks
+    the next of ``picks`` (an SFT epoch directory name)."""
+    import rlhf.pipeline
+
+    seen = {}
+
+    def train(cfg):
+        sdir = Path(cfg.stage_dir)
+        if is_finished(sdir) and not cfg.force:  # as train() does
+            return {}, {}
+        seen[cfg.stage.name] = cfg.get("init")
+        extra = {"selected": str(Path(cfg.init).parent / "epochs" / picks.pop(0)), "init": cfg.init} if cfg.stage.name == "select" else {}
+        if extra:
+            Path(extra["selected"]).mkdir(parents=True)  # SFT exported every epoch
+        save_config(cfg, sdir)
+        save_config(cfg, sdir / "final")
+        save_json(sdir / "final", {"metrics": {}, "verdict": "-", **extra})
+        return {}, {}
+
+    monkeypatch.setattr(rlhf.pipeline, "train", train)
+    return seen
+
+
+def run(tmp_path, *overrides: str) -> None:
+    overrides = [f"output_root={tmp_path}", "run_name=p", "run_order=[select,bestofn,ppo]", *overrides]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+
+
+def test_ppo_starts_from_the_epoch_select_picks_and_a_rerun_sets_the_old_run_aside(tmp_path, monkeypatch):
+    for step in ("sft", "rm"):  # made by an earlier run
+        save_json(tmp_path / "p" / step / "final", {"metrics": {}})
+    seen = fake_stages(monkeypatch, ["epoch_1", "epoch_2"])
+    run(tmp_path)
+    epoch = str(tmp_path / "p" / "sft" / "epochs" / "epoch_1")
+    assert seen == {"select": str(tmp_path / "p" / "sft" / "final"), "bestofn": epoch, "ppo": epoch}
+    seen.clear()
+    run(tmp_path)  # all finished with this config: nothing runs
+    assert seen == {}
+    run(tmp_path, "rerun=[select]")  # select picks again; what reads its pick runs again from it
+    epoch = str(tmp_path / "p" / "sft" / "epochs" / "epoch_2")
+    assert seen == {"select": str(tmp_path / "p" / "sft" / "final"), "bestofn": epoch, "ppo": epoch}
+    assert len(list((tmp_path / "p").glob("select.replaced-*"))) == 1  # kept, not deleted
+    shutil.copytree(tmp_path / "p", tmp_path / "copy" / "p")
+    steps = planned(tmp_path / "copy", "run_order=[select,bestofn,ppo]")
+    assert [s.status for s in steps.values()] == ["skip"] * 3  # the pick is read relative to the copy
+    assert steps["ppo"].config.init == str(tmp_path / "copy" / "p" / "sft" / "epochs" / "epoch_2")
+
+
+def test_a_world_written_with_other_values_is_not_reused(tmp_path):
+    from rlhf.data.sources import ensure_world
+
+    from test_pipeline import TINY_WORLD
+
+    steps = planned(tmp_path, *TINY_WORLD)
+    ensure_world(steps["sft"].config.data)
+    assert planned(tmp_path, *TINY_WORLD)["sft"].status == "run"
+    with pytest.raises(ConfigError, match=r"world in .* was written with other values: data\.world\.n_rm: 60 -> 70"):
+        planned(tmp_path, *TINY_WORLD, "data.world.n_rm=70")

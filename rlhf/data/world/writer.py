@@ -119,6 +119,9 @@ def write_world(out_dir, *, seed: int = 0, n_pretrain: int = 20000, n_pretrain_v
 
     info = {
         "seed": seed, "families": names, "labeler_noise": labeler_noise,
+        "params": {"seed": seed, "n_pretrain": n_pretrain, "n_pretrain_val": n_pretrain_val, "n_sft": n_sft,
+                   "n_sft_val": n_sft_val, "n_rm": n_rm, "n_ppo": n_ppo, "n_val": n_val, "n_test": n_test,
+                   "families": families, "labeler_noise": labeler_noise, "n_calibration": n_calibration},
         "sizes": {"pretrain_train": n_pretrain, "pretrain_val": n_pretrain_val, **sizes},
         "files": {f"{name}.jsonl": kind for name, kind in FILES.items()},
         "counts": {s: {n: sum(f == n for f, _ in prompts[s]) for n in names} for s in sizes},
