@@ -175,17 +175,17 @@ def main() -> None:
                                   max_new_tokens=args.new_tokens, eos_token_id=eos, pad_token_id=pad)[:, q.shape[1]:]
             out["generate"] = int(truncate_after_eos(ids, eos, pad)[1].sum()) / (time.perf_counter() - t0)
         t0 = time.perf_counter()  # (b)
-        ep = rollout(policy, reference, value, rm, q, qm, max_new_tokens=args.new_tokens, temperature=1.0,
+        info = rollout(policy, reference, value, rm, q, qm, max_new_tokens=args.new_tokens, temperature=1.0,
                      eos_id=eos, pad_id=pad, missing_eos_penalty=-1.0)
         out["rollout_s"] = time.perf_counter() - t0
-        ro = ep.rollout
+        ro = info.rollout
         out["rollout_tokens"] = int(ro.response_mask.sum())
         out["rollout_generate"] = gen_timer.last[1] / gen_timer.last[0]
         rewards, _ = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, ro.response_mask, 0.02)
-        adv, ret = gae(rewards, ro.values, ep.value_mask, 1.0, 0.95)
+        adv, ret = gae(rewards, ro.values, info.value_mask, 1.0, 0.95)
         adv = masked_whiten(adv, ro.response_mask)
         t0 = time.perf_counter()  # (d)
-        plain_update(policy, value, ema, opts, ro, ep.value_mask, adv, ret, args.minibatch)
+        plain_update(policy, value, ema, opts, ro, info.value_mask, adv, ret, args.minibatch)
         out["plain_update"] = time.perf_counter() - t0
         return out
 

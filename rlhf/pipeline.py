@@ -196,18 +196,16 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
         if step.name == "report":
             from rlhf.eval.report import build_report
             log.info("report: %s", build_report(Path(cfg.run_dir)))
-            continue
-        if step.status == "skip" and step.config is None:
-            continue  # pretrain of a pretrained model
-        for key in step.late:  # select has run by now (or again): wire its choice
-            OmegaConf.update(step.config, key, source("policy", cfg))
-        if step.status == "rerun":
-            set_aside(step_dir(step.config))
-        results[step.name], _ = train(step.config)
-        if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
-            info = read_provenance(step_dir(step.config) / "final")
-            (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
-        log.info("step %s: %s", step.name, {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
+        elif step.config is not None:  # (None: pretrain of a pretrained model)
+            for key in step.late:  # select has run by now (or again): wire its choice
+                OmegaConf.update(step.config, key, source("policy", cfg))
+            if step.status == "rerun":
+                set_aside(step_dir(step.config))
+            results[step.name], _ = train(step.config)
+            log.info("step %s: %s", step.name, {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
+            if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
+                info = read_provenance(step_dir(step.config) / "final")
+                (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
     return results
 
 

@@ -35,7 +35,7 @@ from rlhf.models.build import position_ids
 from rlhf.models.reward import normalization, sequence_rewards, token_values
 
 
-class Episodes(NamedTuple):
+class RolloutInfo(NamedTuple):
     """A rollout plus what only logging and the value loss need (all detached).
 
     rollout.scores is the score that enters the reward (RM normalised, missing-EOS penalty
@@ -119,7 +119,7 @@ def check_finite(name: str, x: torch.Tensor, iteration: int, mask: torch.Tensor 
 def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tensor, query_mask: torch.Tensor, *,
             max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
             missing_eos_penalty: float | None,
-            full_params: Callable[[], ContextManager] = nullcontext) -> Episodes:
+            full_params: Callable[[], ContextManager] = nullcontext) -> RolloutInfo:
     """One batch of episodes from left-padded prompts query_ids, query_mask (B, Tq).
 
     ``full_params`` is where a sharded policy gathers its weights for generation. Generating
@@ -144,4 +144,4 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
     rm_score = gain * raw + bias
     scores = apply_missing_eos_penalty(rm_score, has_eos, missing_eos_penalty)
     ro = Rollout(query_ids, query_mask, response, mask, logprobs, ref_logprobs, values, scores)
-    return Episodes(ro, mask.clone(), entropy, raw, rm_score, has_eos)
+    return RolloutInfo(ro, mask.clone(), entropy, raw, rm_score, has_eos)

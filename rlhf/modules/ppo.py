@@ -81,36 +81,36 @@ class PPOModule(pl.LightningModule):
         # per-iteration seed: a resumed run samples exactly what the uninterrupted run would have
         torch.manual_seed(hash((self.seed, it, self.global_rank)) & (2**63 - 1))
         t0 = self._now()
-        ep = rollout(self.policy, self.reference, self.value, self.reward_model,
+        info = rollout(self.policy, self.reference, self.value, self.reward_model,
                      batch["input_ids"], batch["attention_mask"], **self.sampling,
                      full_params=lambda: gathered(self.policy))  # sharded: weights gathered once per rollout
-        ro, mask, beta = ep.rollout, ep.rollout.response_mask, self.kl_ctl.value
-        rewards, seq_kl, advantages, returns = self._advantages(ep, beta, it)
+        ro, mask, beta = info.rollout, info.rollout.response_mask, self.kl_ctl.value
+        rewards, seq_kl, advantages, returns = self._advantages(info, beta, it)
         t1 = self._now()
-        stats = self._update(ro, ep.value_mask, advantages, returns, batch.get("ptx"))
+        stats = self._update(ro, info.value_mask, advantages, returns, batch.get("ptx"))
         t2 = self._now()
         B = len(seq_kl)
         self.log_dict({"train/score": ro.scores.mean(), "train/kl": seq_kl.mean()}, prog_bar=True, batch_size=B)
         self.log_dict({
-            "train/rm_score": ep.rm_score.mean(), "train/rm_score_raw": ep.rm_score_raw.mean(),
+            "train/rm_score": info.rm_score.mean(), "train/rm_score_raw": info.rm_score_raw.mean(),
             "train/kl_k3": masked_sum(kl_k3(ro.logprobs, ro.ref_logprobs), mask) / B, "train/beta": beta,
-            "train/reward": rewards.sum(-1).mean(), "train/entropy": masked_mean(ep.entropy, mask),
-            "train/response_length": mask.sum(-1).float().mean(), "train/eos_rate": ep.has_eos.float().mean(),
-            "train/explained_variance": explained_variance(ro.values, returns, ep.value_mask),
+            "train/reward": rewards.sum(-1).mean(), "train/entropy": masked_mean(info.entropy, mask),
+            "train/response_length": mask.sum(-1).float().mean(), "train/eos_rate": info.has_eos.float().mean(),
+            "train/explained_variance": explained_variance(ro.values, returns, info.value_mask),
             **{f"train/{k}": v for k, v in stats.items()},
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}, batch_size=B)
-        self._log_samples(it, batch["prompts"], ep)
+        self._log_samples(it, batch["prompts"], info)
 
-    def _advantages(self, ep, beta: float, it: int):
+    def _advantages(self, info, beta: float, it: int):
         """Eq. 2's per-token rewards, GAE, whitened advantages; feeds the KL controller.
         Returns rewards (B, T), sequence KL (B,), advantages, returns (B, T)."""
-        ro, mask = ep.rollout, ep.rollout.response_mask
+        ro, mask = info.rollout, info.rollout.response_mask
         for name, x in (("log-probs", ro.logprobs), ("reference log-probs", ro.ref_logprobs), ("values", ro.values)):
             check_finite(name, x, it, mask)
         check_finite("scores", ro.scores, it)
         rewards, kl = kl_penalized_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask, beta)
         check_finite("rewards", rewards, it, mask)
-        advantages, returns = gae(rewards, ro.values, ep.value_mask, self.st.discount, self.st.lam)
+        advantages, returns = gae(rewards, ro.values, info.value_mask, self.st.discount, self.st.lam)
         seq_kl = kl.sum(-1)  # (B,) nats per response
         kl_mean = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # one beta on every rank
         self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)
@@ -198,16 +198,16 @@ class PPOModule(pl.LightningModule):
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _log_samples(self, it: int, prompts: list[str], ep) -> None:
+    def _log_samples(self, it: int, prompts: list[str], info) -> None:
         """Every ``log_samples_every`` iterations: a few (prompt, response, score) rows to
         ``samples.jsonl`` (appended; a resumed run may repeat an iteration) and the wandb table."""
         every, n = self.st.log_samples_every, self.st.log_samples
         if not every or it % every or not n or not self.trainer.is_global_zero:
             return
-        ro = ep.rollout
+        ro = info.rollout
         rows = [{"iteration": it, "prompt": prompts[i],
                  "response": self.tok.decode(ro.response_ids[i][ro.response_mask[i].bool()], skip_special_tokens=True),
-                 "score": ro.scores[i].item(), "rm_score_raw": ep.rm_score_raw[i].item(), "eos": bool(ep.has_eos[i])}
+                 "score": ro.scores[i].item(), "rm_score_raw": info.rm_score_raw[i].item(), "eos": bool(info.has_eos[i])}
                 for i in range(min(n, len(prompts)))]
         if self.samples_path:
             with open(self.samples_path, "a", encoding="utf-8") as f:

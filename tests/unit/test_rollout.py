@@ -101,21 +101,21 @@ def test_rollout_masks_scores_and_logprobs_are_consistent():
     _, _, (q, qm, _, _) = _padded_batch()
     q, qm = q.repeat(6, 1) % 6, qm.repeat(6, 1)  # 18 prompts, token ids inside the 6-token vocabulary
     torch.manual_seed(0)
-    ep = rollout(lm, lm, rm, rm, q, qm, max_new_tokens=5, temperature=1.0, eos_id=EOS, pad_id=PAD,
+    info = rollout(lm, lm, rm, rm, q, qm, max_new_tokens=5, temperature=1.0, eos_id=EOS, pad_id=PAD,
                  missing_eos_penalty=-7.0)
-    ro = ep.rollout
-    assert ep.has_eos.any() and not ep.has_eos.all()
+    ro = info.rollout
+    assert info.has_eos.any() and not info.has_eos.all()
     for i in range(len(q)):
         n = int(ro.response_mask[i].sum())
         real = ro.response_ids[i, :n].tolist()
         assert ro.response_mask[i, :n].all() and not ro.response_mask[i, n:].any()
-        assert (EOS in real) == bool(ep.has_eos[i]) and (not ep.has_eos[i] or real.index(EOS) == n - 1)
+        assert (EOS in real) == bool(info.has_eos[i]) and (not info.has_eos[i] or real.index(EOS) == n - 1)
         assert (ro.response_ids[i, n:] == PAD).all()
-    torch.testing.assert_close(ep.rm_score, 2.0 * ep.rm_score_raw + 0.5)
-    assert (ro.scores[~ep.has_eos] == -7.0).all() and torch.equal(ro.scores[ep.has_eos], ep.rm_score[ep.has_eos])
+    torch.testing.assert_close(info.rm_score, 2.0 * info.rm_score_raw + 0.5)
+    assert (ro.scores[~info.has_eos] == -7.0).all() and torch.equal(ro.scores[info.has_eos], info.rm_score[info.has_eos])
     assert torch.equal(ro.logprobs, ro.ref_logprobs)  # same model as policy and reference
-    assert torch.equal(ep.value_mask, ro.response_mask)
-    assert ro.logprobs.shape == ro.values.shape == ep.entropy.shape == ro.response_ids.shape
+    assert torch.equal(info.value_mask, ro.response_mask)
+    assert ro.logprobs.shape == ro.values.shape == info.entropy.shape == ro.response_ids.shape
 
 
 def test_prompt_stream_is_a_pure_function_of_the_batch_index():
