@@ -105,21 +105,21 @@ class CollectStage(Stage):
 
 
 @dataclass
-class SelectStage(Stage):
-    reward_model: Optional[str] = MISSING
-    prompts: str = MISSING
+class RMSamplingStage(Stage):                    # samples the policy on prompts and scores them with an RM
+    reward_model: Optional[str] = MISSING        # an RM final/ (the pipeline sets it)
+    prompts: str = MISSING                       # data.files key
     max_prompts: int = size()
-    samples_per_prompt: int = size()
     temperature: float = positive()
 
 
 @dataclass
-class BestOfNStage(Stage):
-    reward_model: Optional[str] = MISSING
-    prompts: str = MISSING
-    max_prompts: int = size()
+class SelectStage(RMSamplingStage):
+    samples_per_prompt: int = size()
+
+
+@dataclass
+class BestOfNStage(RMSamplingStage):
     n: int = key(ge=2)
-    temperature: float = positive()
 
 
 @dataclass
