@@ -62,7 +62,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
         if changes:
             raise ConfigError(f"stage {cfg.stage.name} in {sdir} finished with another config: {'; '.join(changes)}. "
                               "force=true resume=false trains it again from scratch; or use another run_name")
-        log.info("stage %s already finished in %s (force=true reruns it)", cfg.stage.name, sdir)
+        log.info("stage %s already finished in %s (force=true resume=false reruns it)", cfg.stage.name, sdir)
         return read_provenance(sdir / "final")["metrics"], {}
     save_config(cfg, sdir)
     pl.seed_everything(cfg.seed, workers=True)
