@@ -111,17 +111,6 @@ def test_a_copied_run_directory_still_matches(tmp_path):
     assert planned(tmp_path / "b", "run_order=[pretrain,sft]")["pretrain"].status == "skip"
 
 
-def test_plan_only_prints_every_step_and_runs_nothing(tmp_path, capsys):
-    overrides = [f"output_root={tmp_path}", "run_name=p", "plan_only=true", "+steps.sft.stage.epochs=3"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        assert run_pipeline(compose("pipeline", overrides=overrides), overrides) == {}
-    out = capsys.readouterr().out
-    lines = [line.split() for line in out.splitlines() if not line.startswith("      ")]
-    assert [words[0] for words in lines] == list(STEPS) and all(w[1] == "run" for w in lines)
-    assert "      stage.epochs=3" in out  # differs from stage=sft's 16
-    assert not (tmp_path / "p").exists()
-
-
 def test_a_step_whose_input_no_step_makes_fails_at_plan_time(tmp_path):
     with pytest.raises(ConfigError, match=r"step rm reads init=.*/p/sft/final, but step sft is not in run_order and has not run"):
         planned(tmp_path, "run_order=[collect,rm]")
@@ -130,12 +119,18 @@ def test_a_step_whose_input_no_step_makes_fails_at_plan_time(tmp_path):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_plans_and_prints_its_plan(tmp_path, experiment, capsys):
-    overrides = [f"output_root={tmp_path}", "run_name=p", f"experiment={experiment}", "plan_only=true"]
+def test_every_experiment_plans_and_plan_only_prints_it(tmp_path, experiment, capsys):
+    """``rlhf-pipeline experiment=<each> plan_only=true``: every step, run or skip, its config; nothing runs."""
+    overrides = [f"output_root={tmp_path}", "run_name=p", f"experiment={experiment}", "plan_only=true",
+                 "++steps.sft.stage.epochs=3"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         assert run_pipeline(compose("pipeline", overrides=overrides), overrides) == {}
     out = capsys.readouterr().out
-    assert all(f"  {name} " in out for name in STEPS) and not (tmp_path / "p").exists()
+    rows = [line.split() for line in out.splitlines() if not line.startswith("      ")]
+    assert [r[0] for r in rows] == list(STEPS)
+    assert all(r[1] == "run" or r[:2] == ["pretrain", "skip"] for r in rows)  # paper_1.3b starts from Pythia
+    assert "      stage.epochs=3" in out  # a key that differs from stage=sft's 16
+    assert not (tmp_path / "p").exists()
 
 
 def fake_stages(monkeypatch, picks: list[str]) -> dict:
