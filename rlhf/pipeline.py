@@ -24,8 +24,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from rlhf.data.sources import ensure_world, world_changes
-from rlhf.handoff import is_finished, read_provenance
-from rlhf.plan import PlannedStep, check_finished, describe, step_dir
+from rlhf.handoff import is_finished, read_provenance, stage_dir
+from rlhf.plan import PlannedStep, check_finished, describe
 from rlhf.schema import ConfigError, Pipeline, Train, validate
 from rlhf.train import CONF_DIR, train, use_job_dir_in_multirun
 
@@ -200,11 +200,11 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
             for key in step.late:  # select has run by now (or again): wire its choice
                 OmegaConf.update(step.config, key, source("policy", cfg))
             if step.status == "rerun":
-                set_aside(step_dir(step.config))
+                set_aside(stage_dir(step.config))
             results[step.name], _ = train(step.config)
             log.info("step %s: %s", step.name, {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
             if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
-                info = read_provenance(step_dir(step.config) / "final")
+                info = read_provenance(stage_dir(step.config) / "final")
                 (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
     return results
 

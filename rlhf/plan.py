@@ -12,7 +12,7 @@ from typing import NamedTuple
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.handoff import is_finished
+from rlhf.handoff import is_finished, stage_dir
 
 # top-level keys a stage kind's result depends on (an eval does not read `model`, SFT not `kl`)
 READS = {
@@ -38,10 +38,6 @@ class PlannedStep(NamedTuple):
     why: str
     stage: str | None = None         # conf/stage option
     late: tuple[str, ...] = ()       # keys set to the SFT epoch select picks, once it has run
-
-
-def step_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.stage_dir)
 
 
 def _flat(node, prefix: str = "") -> dict:
@@ -76,7 +72,7 @@ def _relative(value, run_dirs: list[str]):
 def check_finished(name: str, stage: str, cfg: DictConfig, rerun: bool, inputs_rerun: list[str]) -> PlannedStep:
     """Run, skip or rerun ``name``; ``changed`` when it is finished with another config (or on
     inputs that will be rebuilt) and the user did not ask to rerun it."""
-    sdir = step_dir(cfg)
+    sdir = stage_dir(cfg)
     if not is_finished(sdir) or cfg.force:
         return PlannedStep(name, cfg, "run", "forced (force=true)" if cfg.force else "not finished yet", stage)
     if rerun:
@@ -95,7 +91,7 @@ def config_changes(cfg: DictConfig) -> list[str]:
     """``key: recorded -> now`` for each result key in which ``cfg`` differs from the config its
     finished stage recorded (``final/config.yaml``: what made it; else the stage directory's).
     Keys only one side has (renamed or dropped by an upgrade) are not compared."""
-    sdir = step_dir(cfg)
+    sdir = stage_dir(cfg)
     record = next((p for p in (sdir / "final" / "config.yaml", sdir / "config.yaml") if p.is_file()), None)
     if record is None:
         return [f"no config.yaml recorded in {sdir}"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from rlhf.handoff import is_finished, save_config, save_json
 from rlhf.pipeline import STEPS, plan, run_pipeline
