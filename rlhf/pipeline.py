@@ -109,11 +109,14 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
         raise ConfigError(f"step {name!r} (steps.{name} over stage={step.stage}): {e}") from e
 
 
+def feeders(src: str) -> set[str]:
+    """The steps an input source comes from."""
+    return {"base": {"pretrain"}, "policy": {"sft", "select"}}.get(src, {src.split("/")[0]})
+
+
 def upstream(name: str) -> set[str]:
     """The steps whose outputs ``name`` reads."""
-    srcs = {s.split("/")[0] for s in STEPS[name].inputs.values()}
-    return (srcs - {"policy", "base"}) | ({"select", "sft"} if "policy" in srcs else set()) | (
-        {"pretrain"} if "base" in srcs else set())
+    return set().union(*map(feeders, STEPS[name].inputs.values()))
 
 
 def dependents(names: set[str], order: list[str]) -> set[str]:
@@ -130,11 +133,11 @@ def missing_inputs(steps: list[PlannedStep], cfg: DictConfig) -> list[str]:
     out = []
     for s in (s for s in steps if s.status in ("run", "rerun") and s.config is not None):
         for key, src in STEPS[s.name].inputs.items():
-            feeder = {"base": "pretrain", "policy": "sft"}.get(src, src.split("/")[0])
             path = OmegaConf.select(s.config, key)
             made_here = path and path == source(src, cfg) and Path(path).is_relative_to(cfg.run_dir)
-            if made_here and feeder not in cfg.run_order and not Path(path).exists():
-                out.append(f"step {s.name} reads {key}={path}, but step {feeder} is not in run_order and has not run")
+            if made_here and not feeders(src) & set(cfg.run_order) and not Path(path).exists():
+                out.append(f"step {s.name} reads {key}={path}, but step {' or '.join(sorted(feeders(src)))} "
+                           "is not in run_order and has not run")
     return out
 
 
