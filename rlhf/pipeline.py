@@ -23,7 +23,7 @@ from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from rlhf.data.sources import ensure_world, world_changes
+from rlhf.data.sources import check_world
 from rlhf.handoff import is_finished, read_provenance, stage_dir
 from rlhf.plan import PlannedStep, check_finished, describe
 from rlhf.schema import ConfigError, Pipeline, Train, validate
@@ -150,8 +150,7 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
         raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}")
     if set(cfg.rerun) - set(cfg.run_order):
         raise ConfigError(f"rerun={list(cfg.rerun)} names steps that run_order={list(cfg.run_order)} does not run")
-    if cfg.data.get("world") is not None and world_changes(cfg.data):
-        ensure_world(cfg.data)  # raises, naming what changed
+    check_world(cfg.data)
     rerun = dependents(set(cfg.rerun), list(cfg.run_order))
     steps: list[PlannedStep] = []
     for name in cfg.run_order:

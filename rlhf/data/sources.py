@@ -31,16 +31,20 @@ def world_changes(data_cfg: DictConfig) -> list[str]:
     return [f"data.world.{k}: {old[k]!r} -> {v!r}" for k, v in now.items() if k in old and old[k] != v]
 
 
+def check_world(data_cfg: DictConfig) -> None:
+    """A world already in ``data.dir`` that was written with other ``data.world`` values is an
+    error, not reused."""
+    changes = world_changes(data_cfg)
+    if changes:
+        raise ConfigError(f"the built-in world in {data_cfg.dir} was written with other values: {'; '.join(changes)}. "
+                          "It is not rewritten: start another run_name (or set data.dir elsewhere)")
+
+
 def ensure_world(data_cfg: DictConfig) -> None:
-    """Write the built-in world into ``data.dir`` once (atomically, so parallel jobs agree); a world
-    already there that was written with other ``data.world`` values is an error, not reused."""
+    """Write the built-in world into ``data.dir`` once (atomically, so parallel jobs agree)."""
     out = Path(data_cfg.dir)
     if (out / "world.json").is_file():
-        changes = world_changes(data_cfg)
-        if changes:
-            raise ConfigError(f"the built-in world in {out} was written with other values: {'; '.join(changes)}. "
-                              "It is not rewritten: start another run_name (or set data.dir elsewhere)")
-        return
+        return check_world(data_cfg)
     from rlhf.data.world import write_world  # imported lazily: user data never needs it
 
     out.parent.mkdir(parents=True, exist_ok=True)
