@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def world_changes(data_cfg: DictConfig) -> list[str]:
     """``data.world.<key>: written -> now`` where the world already in ``data.dir`` was written with
     other values (it is never rewritten). Worlds from before ``params`` compare their sizes only."""
+    if data_cfg.get("world") is None or not (Path(data_cfg.dir) / "world.json").is_file():
+        return []  # user files, or no world written yet
     info_file = Path(data_cfg.dir) / "world.json"
-    if data_cfg.get("world") is None or not info_file.is_file():
-        return []
     info, now = json.loads(info_file.read_text()), OmegaConf.to_container(data_cfg.world, resolve=True)
     old = info.get("params") or {"seed": info["seed"], "labeler_noise": info["labeler_noise"],
                                  **{k: info["sizes"][s] for k, s in SIZES.items()}}
