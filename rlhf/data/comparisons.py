@@ -4,13 +4,21 @@ Each completion is ``encode_pair(prompt, completion) = prompt + completion + EOS
 SFT data's over-long policy (``rlhf.data.lm``): a comparison whose prompt is too long is
 dropped whole and counted; over-long completions are truncated and counted.
 
-A batch of B prompts is flattened so that every completion is encoded once::
+Every completion is encoded once, in one of two layouts (``shared_prompt``):
 
-    input_ids, attention_mask: (N, T)   N = sum of the B prompts' K, right-padded
-    owner, slot:               (N,)     prompt index in the batch, completion index in its prompt
-    ranks, mask:               (B, Kmax) rank of each completion (0 = best), True where real
+    shared (default): one row per prompt, the prompt once and then its K completions, each
+      completion attending to the prompt and to itself (``rlhf.models.attention``)
+        input_ids, segments, position_ids: (B, T)
+    plain: one row per completion, prompt + completion, right-padded
+        input_ids, attention_mask: (N, T)      N = sum of the B prompts' K
+    both:
+        row, last:  (N,)      the row holding each completion and the index of its last token
+        owner, slot: (N,)     prompt index in the batch, completion index in its prompt
+        ranks, mask: (B, Kmax) rank of each completion (0 = best), True where real
 
 ``rewards_bk[owner, slot] = rewards`` puts the N scores back into the loss's (B, Kmax) layout.
+At K = 9 the shared layout computes the prompt once instead of nine times and pads only to the
+longest prompt-plus-completions row; the rewards are those of the plain layout (tested).
 """
 from __future__ import annotations
 
@@ -22,39 +30,52 @@ from torch.utils.data import DataLoader
 
 from rlhf.algos.ranking import ranking_to_ranks
 from rlhf.data.formats import DataError, read_jsonl
-from rlhf.data.lm import Counts, collate_right, encode_demonstrations
+from rlhf.data.lm import Counts
+from rlhf.models.attention import collate_segmented, shared_prompt_row
+from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
 
 
 def encode_comparisons(records, tok, template: str, max_prompt: int, max_response: int,
                        counts: Counts) -> list[dict]:
-    """``{"completions": [encoded rows], "ranks": [K]}`` per kept prompt; ``counts`` counts prompts."""
+    """``{"prompt": ids, "completions": [ids + EOS], "ranks": [K]}`` per kept prompt.
+
+    ``counts`` counts prompts (kept, dropped for a long prompt) and truncated completions.
+    """
     out = []
     for rec in records:
-        demos = [{"prompt": rec["prompt"], "completion": c} for c in rec["completions"]]
-        c = Counts()
-        rows = encode_demonstrations(demos, tok, template, max_prompt, max_response, c)
-        if c.dropped_long_prompt:  # same prompt for all K: the whole comparison goes
+        pairs = [encode_pair(tok, rec["prompt"], c, template) for c in rec["completions"]]
+        prompt = pairs[0][0]
+        if len(prompt) > max_prompt:  # same prompt for all K: the whole comparison goes
             counts.dropped_long_prompt += 1
             continue
-        counts.truncated_response += c.truncated_response
-        out.append({"completions": rows, "ranks": ranking_to_ranks(rec["ranking"])})
+        completions = [r[:max_response] for _, r in pairs]  # cut: the EOS is lost, no false end learnt
+        counts.truncated_response += sum(len(r) > max_response for _, r in pairs)
+        out.append({"prompt": prompt, "completions": completions, "ranks": ranking_to_ranks(rec["ranking"])})
     counts.kept += len(out)
     return out
 
 
-def collate_comparisons(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Flatten B prompts' completions into (N, T) rows plus the (B, Kmax) loss layout."""
+def collate_comparisons(batch: list[dict], pad_id: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
+    """B prompts' completions in the shared or the plain layout, plus the (B, Kmax) loss layout."""
     k = [len(b["ranks"]) for b in batch]
-    flat = collate_right([row for b in batch for row in b["completions"]], pad_id)
-    del flat["labels"]  # the RM reads the last real token, no token labels
+    owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(k))
+    if shared_prompt:
+        rows = [shared_prompt_row(b["prompt"], b["completions"]) for b in batch]
+        flat = collate_segmented(rows, pad_id)
+        flat["row"], flat["last"] = owner, torch.tensor([i for r in rows for i in r["last"]])
+    else:
+        seqs = [b["prompt"] + c for b in batch for c in b["completions"]]
+        flat = collate_segmented([{"input_ids": s, "segments": [1] * len(s)} for s in seqs], pad_id)
+        flat["attention_mask"] = (flat.pop("segments") >= 0).long()
+        flat["row"], flat["last"] = torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])
     kmax = max(k)
     ranks = torch.zeros((len(batch), kmax), dtype=torch.long)
     mask = torch.zeros((len(batch), kmax), dtype=torch.bool)
     for i, b in enumerate(batch):
         ranks[i, :k[i]], mask[i, :k[i]] = torch.tensor(b["ranks"]), True
-    flat["owner"] = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(k))
+    flat["owner"] = owner
     flat["slot"] = torch.cat([torch.arange(n) for n in k])
     return {**flat, "ranks": ranks, "mask": mask}
 
@@ -66,9 +87,9 @@ class ComparisonDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, tok, train_file: str | list[str], val_file: str, batch_size: int, template: str,
-                 max_prompt_tokens: int, max_response_tokens: int, seed: int = 0):
+                 max_prompt_tokens: int, max_response_tokens: int, seed: int = 0, shared_prompt: bool = True):
         super().__init__()
-        self.tok, self.files = tok, {"train": train_file, "val": val_file}
+        self.tok, self.files, self.shared_prompt = tok, {"train": train_file, "val": val_file}, shared_prompt
         self.batch_size, self.template, self.seed = batch_size, template, seed
         self.max_prompt, self.max_response = max_prompt_tokens, max_response_tokens
         self.data, self.counts = {}, {}
@@ -94,7 +115,7 @@ class ComparisonDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=lambda b: collate_comparisons(b, self.tok.pad_token_id))
+                          collate_fn=lambda b: collate_comparisons(b, self.tok.pad_token_id, self.shared_prompt))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from rlhf.models.attention import model_mask
 from rlhf.models.build import position_ids
 from rlhf.models.tokenizer import prepare_tokenizer
 
@@ -77,6 +78,19 @@ def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_
     T = attention_mask.shape[-1]
     last = T - 1 - attention_mask.long().flip(-1).argmax(-1)  # (B,) last real position
     h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+    return _normalize(model, score_head(model)(h).squeeze(-1), raw)
+
+
+def completion_rewards(model: PreTrainedModel, batch: dict, raw: bool = False) -> torch.Tensor:
+    """(N,) reward of each completion in a comparison batch (``rlhf.data.comparisons``, shared
+    or plain layout), read at the completion's last token: ``batch["row"]``, ``batch["last"]``."""
+    if "segments" in batch:  # the prompt once per row, then its completions
+        mask, pos = model_mask(model, batch["segments"]), batch["position_ids"]
+    else:
+        mask, pos = batch["attention_mask"], position_ids(batch["attention_mask"])
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=pos,
+                              use_cache=False).last_hidden_state
+    h = hidden[batch["row"], batch["last"]]  # (N, H)
     return _normalize(model, score_head(model)(h).squeeze(-1), raw)
 
 

@@ -7,7 +7,7 @@ from torchmetrics import MeanMetric, Metric
 
 from rlhf.algos.ranking import kway_ranking_loss
 from rlhf.distributed import clip_gradients, shard
-from rlhf.models.reward import sequence_rewards
+from rlhf.models.reward import completion_rewards
 from rlhf.modules.lm import adamw_cosine
 
 
@@ -70,7 +70,7 @@ class RewardModule(pl.LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, Kmax) raw rewards: the N flattened completions scattered back to their prompts."""
-        r = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"], raw=True).float()  # (N,)
+        r = completion_rewards(self.model, batch, raw=True).float()  # (N,)
         return r.new_zeros(batch["mask"].shape).index_put((batch["owner"], batch["slot"]), r)
 
     def _step(self, batch: dict):

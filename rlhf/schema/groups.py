@@ -70,6 +70,7 @@ class RMStage(TrainedStage):
     normalize_data: Optional[str] = MISSING      # data.files key of demonstrations that should score 0
     normalize_gain: bool = MISSING
     export_every_epoch: bool = MISSING
+    shared_prompt: bool = MISSING                # one row per prompt and its K completions (sdpa/eager)
     optim: LMOptim = MISSING
 
 

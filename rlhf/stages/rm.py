@@ -35,7 +35,7 @@ def setup(cfg: DictConfig, sdir: Path):
     dm = ComparisonDataModule(
         tok, [str(data_file(cfg, k)) for k in [st.train_data, *(st.get("extra_train_data") or [])]],
         str(data_file(cfg, st.val_data)),
-        batch_size=st.batch_size, template=data.template, seed=cfg.seed,
+        batch_size=st.batch_size, template=data.template, seed=cfg.seed, shared_prompt=st.shared_prompt,
         max_prompt_tokens=data.max_prompt_tokens, max_response_tokens=data.max_response_tokens)
     normalize = {  # resolved now, so a missing file fails before training, not after
         "data": str(data_file(cfg, st.normalize_data)) if st.normalize_data else None,

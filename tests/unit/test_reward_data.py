@@ -19,9 +19,9 @@ def tok():
     return train_bpe_tokenizer(["reverse: cat dog sun red blue tree fish bird one two three"] * 4, 300)
 
 
-def datamodule(tok, train, val=None, batch_size=8, max_prompt=64):
+def datamodule(tok, train, val=None, batch_size=8, max_prompt=64, shared_prompt=True):
     dm = ComparisonDataModule(tok, str(train), str(val or train), batch_size=batch_size, template=TEMPLATE,
-                              max_prompt_tokens=max_prompt, max_response_tokens=32)
+                              max_prompt_tokens=max_prompt, max_response_tokens=32, shared_prompt=shared_prompt)
     dm.setup()
     return dm
 
@@ -34,9 +34,11 @@ RECORDS = [
 
 
 def test_mixed_k_batch_is_flattened_once_with_ranks_and_mask(tok, tmp_path):
-    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS))
+    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS), shared_prompt=False)
     b = next(iter(dm.val_dataloader()))
     assert b["input_ids"].shape[0] == b["attention_mask"].shape[0] == 3 + 2 + 9  # each completion once
+    assert b["row"].tolist() == list(range(14))
+    assert b["last"].tolist() == (b["attention_mask"].sum(-1) - 1).tolist()
     assert b["ranks"].shape == b["mask"].shape == (3, 9)
     assert b["mask"].sum(-1).tolist() == [3, 2, 9]
     assert b["ranks"][0, :3].tolist() == [0, 2, 1] and b["ranks"][1, :2].tolist() == [0, 1]
@@ -51,6 +53,23 @@ def test_mixed_k_batch_is_flattened_once_with_ranks_and_mask(tok, tmp_path):
     # scattering per-row scores back gives the loss's (B, Kmax) layout
     rewards = torch.zeros(3, 9).index_put((b["owner"], b["slot"]), torch.arange(14.0))
     assert rewards[1, :2].tolist() == [3.0, 4.0] and rewards[0, 3:].eq(0).all()
+
+
+def test_shared_layout_holds_each_prompt_once_then_its_completions(tok, tmp_path):
+    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS))
+    b = next(iter(dm.val_dataloader()))
+    assert b["input_ids"].shape[0] == b["segments"].shape[0] == 3  # one row per prompt
+    p, _ = encode_pair(tok, "reverse: cat dog", "", TEMPLATE)
+    completions = [encode_pair(tok, "reverse: cat dog", c, TEMPLATE)[1] for c in RECORDS[0]["completions"]]
+    n = len(p) + sum(map(len, completions))
+    assert b["input_ids"][0, :n].tolist() == p + [t for c in completions for t in c]
+    assert b["segments"][0, :n].tolist() == [0] * len(p) + [s for s, c in enumerate(completions, 1) for _ in c]
+    assert b["segments"][0, n:].eq(-1).all() and b["input_ids"][0, n:].eq(tok.pad_token_id).all()
+    # positions continue from the prompt in every completion
+    assert b["position_ids"][0, len(p):len(p) + len(completions[0])].tolist() == list(range(len(p), len(p) + len(completions[0])))
+    assert b["row"].tolist() == b["owner"].tolist() == [0] * 3 + [1] * 2 + [2] * 9
+    ends = [len(p) + sum(map(len, completions[:i + 1])) - 1 for i in range(3)]
+    assert b["last"][:3].tolist() == ends and b["input_ids"][0, ends].eq(tok.eos_token_id).all()
 
 
 def test_batch_size_counts_prompts(tok, tmp_path):
