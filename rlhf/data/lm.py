@@ -4,6 +4,11 @@ Over-long policy (paper: prompts over 1k tokens are dropped, responses capped at
 examples whose prompt exceeds ``max_prompt_tokens`` are dropped; responses longer than
 ``max_response_tokens`` are truncated (their EOS is lost, so the model learns no false end).
 Both are counted and logged, never silent.
+
+Batches are packed by default (``stage.pack``): the batch's examples are packed into rows as
+wide as its longest one, each attending to itself only and restarting its positions
+(``rlhf.models.attention``), so short lines no longer cost the longest one's width. A batch holds
+the same examples either way, and the loss counts the same tokens (tested equal).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf.data.formats import read_jsonl
+from rlhf.models.attention import collate_segmented, pack_documents
 from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,11 @@ def collate_right(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def collate_lm(batch: list[dict], pad_id: int, pack: bool) -> dict[str, torch.Tensor]:
+    """Packed rows (``input_ids``, ``labels``, ``segments``, ``position_ids``) or right-padded ones."""
+    return collate_segmented(pack_documents(batch, IGNORE), pad_id, IGNORE) if pack else collate_right(batch, pad_id)
+
+
 class LMDataModule(pl.LightningDataModule):
     """Train/val loaders over a text (pretrain) or demonstration (SFT) JSONL pair.
 
@@ -77,11 +88,11 @@ class LMDataModule(pl.LightningDataModule):
 
     def __init__(self, tok, kind: str, train_file: str, val_file: str, batch_size: int,
                  template: str, max_prompt_tokens: int, max_response_tokens: int, seed: int = 0,
-                 mix_file: str | None = None, mix_fraction: float = 0.0):
+                 mix_file: str | None = None, mix_fraction: float = 0.0, pack: bool = False):
         super().__init__()
         if not 0.0 <= mix_fraction < 1.0 or (mix_fraction > 0 and not mix_file):
             raise ValueError(f"pretrain mix: fraction {mix_fraction} must be in [0, 1) and needs a text file")
-        self.mix_file, self.mix_fraction = mix_file, mix_fraction
+        self.mix_file, self.mix_fraction, self.pack = mix_file, mix_fraction, pack
         self.tok, self.kind, self.files = tok, kind, {"train": train_file, "val": val_file}
         self.batch_size, self.template, self.seed = batch_size, template, seed
         self.max_prompt, self.max_response = max_prompt_tokens, max_response_tokens
@@ -116,7 +127,7 @@ class LMDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
-                          collate_fn=lambda b: collate_right(b, self.tok.pad_token_id))
+                          collate_fn=lambda b: collate_lm(b, self.tok.pad_token_id, self.pack))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

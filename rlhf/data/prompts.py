@@ -11,8 +11,9 @@ A batch::
 
     input_ids, attention_mask  (B, Tq)  prompts rendered with the one template, LEFT-padded
     prompts                    B strings (for the sample table)
-    ptx                        (PPO-ptx only) {input_ids, attention_mask, labels} (N, T),
-                               right-padded pretraining texts, N = ptx_per_iteration
+    ptx                        (PPO-ptx only) one LM batch per optimizer step (``ptx_steps``),
+                               each of ptx_per_iteration / ptx_steps texts, packed into rows
+                               (``pack``) or right-padded (``rlhf.data.lm.collate_lm``)
 
 Prompts longer than ``max_prompt_tokens`` are dropped and counted (paper: over 1k tokens).
 """
@@ -28,7 +29,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
 from rlhf.data.formats import DataError, read_jsonl
-from rlhf.data.lm import Counts, collate_right, encode_texts
+from rlhf.data.lm import Counts, collate_lm, encode_texts
 from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
@@ -46,16 +47,10 @@ def stream_batch(n: int, k: int, size: int, seed: str) -> list[int]:
     return [_shuffled(n, f"{seed}/{i // n}")[i % n] for i in range(k * size, (k + 1) * size)]
 
 
-def split_ptx(ptx: dict, n: int) -> list[dict]:
-    """Split the iteration's ptx texts into n equal chunks (one per optimizer step), each trimmed
-    to its longest text."""
-    size = len(ptx["input_ids"]) // n
-    out = []
-    for i in range(n):
-        c = {k: v[i * size:(i + 1) * size] for k, v in ptx.items()}
-        width = int(c["attention_mask"].sum(-1).max())
-        out.append({k: v[:, :width] for k, v in c.items()})
-    return out
+def ptx_batches(texts: list[dict], n: int, pad_id: int, pack: bool) -> list[dict]:
+    """The iteration's ptx texts in n equal consecutive chunks, one LM batch per optimizer step."""
+    size = len(texts) // n
+    return [collate_lm(texts[i * size:(i + 1) * size], pad_id, pack) for i in range(n)]
 
 
 class Iterations(IterableDataset):
@@ -77,12 +72,14 @@ class PromptDataModule(pl.LightningDataModule):
 
     def __init__(self, tok, prompts_file: str, batch_size: int, template: str, max_prompt_tokens: int,
                  iterations: int | None, seed: int = 0, ptx_file: str | None = None,
-                 ptx_per_iteration: int = 0, max_ptx_tokens: int = 1024):
+                 ptx_per_iteration: int = 0, max_ptx_tokens: int = 1024, ptx_steps: int = 1,
+                 pack_ptx: bool = True):
         super().__init__()
         self.tok, self.files = tok, {"prompts": prompts_file, "ptx": ptx_file}
         self.batch_size, self.template, self.max_prompt = batch_size, template, max_prompt_tokens
         self.iterations, self.seed = iterations, seed
         self.ptx_per_iteration, self.max_ptx = ptx_per_iteration, max_ptx_tokens
+        self.ptx_steps, self.pack_ptx = ptx_steps, pack_ptx
         self.prompts, self.ptx, self.counts = [], [], {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -114,7 +111,7 @@ class PromptDataModule(pl.LightningDataModule):
         out["prompts"] = [p for p, _ in chosen]
         if self.ptx:
             rows = stream_batch(len(self.ptx), i, self.ptx_per_iteration, f"{self.seed}/ptx")
-            out["ptx"] = collate_right([self.ptx[j] for j in rows], self.tok.pad_token_id)
+            out["ptx"] = ptx_batches([self.ptx[j] for j in rows], self.ptx_steps, self.tok.pad_token_id, self.pack_ptx)
         return out
 
     def train_dataloader(self) -> DataLoader:

@@ -9,6 +9,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 
 from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.distributed import clip_gradients, shard
+from rlhf.models.attention import model_mask
 
 
 def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
@@ -20,6 +21,14 @@ def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
         num_training_steps=max(1, module.trainer.estimated_stepping_batches),
         min_lr_rate=opt_cfg.min_lr_ratio)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lm_logits(model, batch: dict) -> torch.Tensor:
+    """(B, T, V) logits of a right-padded or a packed batch (``rlhf.data.lm.collate_lm``)."""
+    if "segments" in batch:
+        return model(input_ids=batch["input_ids"], attention_mask=model_mask(model, batch["segments"]),
+                     position_ids=batch["position_ids"], use_cache=False).logits
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
 class LMModule(pl.LightningModule):
@@ -39,7 +48,7 @@ class LMModule(pl.LightningModule):
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # strategy=fsdp clips its own way
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return lm_logits(self.model, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, n = lm_loss(self(batch), batch["labels"])

@@ -29,8 +29,8 @@ from rlhf.algos.lm_loss import lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
 from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
-from rlhf.data.prompts import split_ptx
 from rlhf.distributed import clip_grad_norm, gathered, is_sharded, shard
+from rlhf.modules.lm import lm_logits
 from rlhf.rollout import check_finite, response_logits, response_values, rollout
 
 FROZEN = ("reference.", "reward_model.")  # state_dict prefixes reloaded from their final/ dirs
@@ -116,11 +116,11 @@ class PPOModule(pl.LightningModule):
         self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)
         return rewards, seq_kl, masked_whiten(advantages, mask), returns
 
-    def _update(self, ro, value_mask, advantages, returns, ptx: dict | None) -> dict:
+    def _update(self, ro, value_mask, advantages, returns, ptx: list[dict] | None) -> dict:
         opt_p, opt_v = self.optimizers()
         steps = [idx for _ in range(self.st.ppo_epochs)
                  for idx in torch.randperm(len(advantages), device=advantages.device).split(self.st.minibatch_size)]
-        ptx_chunks = split_ptx(ptx, len(steps)) if ptx is not None and self.ptx_coef > 0 else [None] * len(steps)
+        ptx_chunks = ptx if ptx is not None and self.ptx_coef > 0 else [None] * len(steps)  # one per step
         stats = defaultdict(list)
         for n, (idx, ptx_mb) in enumerate(zip(steps, ptx_chunks)):
             loss, s = self._ppo_loss(ro.select(idx), value_mask[idx], advantages[idx], returns[idx])
@@ -149,9 +149,8 @@ class PPOModule(pl.LightningModule):
         return pg + self.st.vf_coef * vf, stats
 
     def _ptx_loss(self, b: dict) -> torch.Tensor:
-        """Pretraining LM loss of the policy on right-padded texts (the gamma term of Eq. 2)."""
-        logits = self.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-        return lm_loss(logits, b["labels"])[0]
+        """Pretraining LM loss of the policy on packed or right-padded texts (the gamma term of Eq. 2)."""
+        return lm_loss(lm_logits(self.policy, b), b["labels"])[0]
 
     def _step(self, opt, model, counted: bool) -> torch.Tensor:
         """Clip ``model``'s gradient norm, step ``opt`` once, zero; returns the norm before clipping.

@@ -52,6 +52,7 @@ class LMStage(TrainedStage):
     val_data: str = MISSING
     dropout: float = fraction()
     export_every_epoch: bool = MISSING           # epochs/epoch_N/ after every epoch
+    pack: bool = MISSING                         # pack each batch's examples into full rows (sdpa/eager)
     optim: LMOptim = MISSING
 
 
@@ -188,6 +189,7 @@ class Ptx:
     coef: float = nonneg()                       # the paper's gamma (PPO-ptx); 0: plain PPO
     examples_per_episode: int = nonneg()
     data: str = MISSING                          # data.files key of the pretraining texts
+    pack: bool = MISSING                         # pack each optimizer step's texts into full rows
 
 
 @dataclass

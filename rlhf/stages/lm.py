@@ -34,7 +34,7 @@ def setup(cfg: DictConfig, sdir: Path):
         batch_size=st.batch_size, template=cfg.data.template, seed=cfg.seed,
         max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
         mix_file=str(data_file(cfg, "pretrain_train")) if st.get("pretrain_mix") else None,
-        mix_fraction=st.get("pretrain_mix") or 0.0)
+        mix_fraction=st.get("pretrain_mix") or 0.0, pack=st.pack)
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return LMModule(model, st.optim), dm, tok, callbacks
 

@@ -57,7 +57,8 @@ def setup(cfg: DictConfig, sdir: Path):
         st.iterations, seed=cfg.seed, ptx_file=str(data_file(cfg, cfg.ptx.data)) if ptx_on else None,
         # paper: examples_per_episode x the minibatch's episodes with every optimizer step
         ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
-        max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens)
+        max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
+        pack_ptx=cfg.ptx.pack)
     module = PPOModule(policy, copy.deepcopy(policy), rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")

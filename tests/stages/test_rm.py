@@ -47,17 +47,18 @@ def base(toy_data, tmp_path_factory) -> list[str]:
 
 
 class Probe(pl.Callback):
-    """Parameters before training, and backbone rows per training forward vs completions per batch."""
+    """Parameters before training, and backbone rows per training forward vs prompts and completions per batch."""
 
     def on_train_start(self, trainer, module):
         self.before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
-        self.rows, self.completions = [], []
+        self.rows, self.prompts, self.completions = [], [], []
         self.hook = module.model.base_model.register_forward_hook(
             lambda m, args, kw, out: self.rows.append(kw["input_ids"].shape[0]) if m.training else None,
             with_kwargs=True)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         self.completions.append(int(batch["mask"].sum()))
+        self.prompts.append(batch["mask"].shape[0])
 
     def on_train_end(self, trainer, module):
         self.hook.remove()
@@ -70,11 +71,11 @@ def rm(base):
     return objs["trainer"].default_root_dir + "/final", metrics, objs, probe
 
 
-def test_rm_trains_every_parameter_and_encodes_each_completion_once(rm):
+def test_rm_trains_every_parameter_and_encodes_each_prompt_once_with_its_completions(rm):
     _, metrics, objs, probe = rm
     assert [n for n, p in objs["module"].named_parameters() if torch.equal(p, probe.before[n])] == []
-    assert probe.rows == probe.completions and len(probe.rows) == 4  # one backbone pass per batch
-    assert max(probe.completions) > 16  # mixed K: more rows than prompts
+    assert probe.rows == probe.prompts and len(probe.rows) == 4  # one backbone pass per batch, a row per prompt
+    assert min(probe.completions) > max(probe.prompts)  # mixed K: each row holds 2-4 completions
     assert {"val/loss", "val/accuracy", "val/margin", "val/reward_mean", "val/reward_std",
             "train/accuracy_epoch"} <= set(metrics)
 
