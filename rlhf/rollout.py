@@ -27,11 +27,11 @@ from contextlib import nullcontext
 from typing import Callable, ContextManager, NamedTuple
 
 import torch
-from transformers import GenerationConfig
 
 from rlhf.algos.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.algos.ppo import Rollout
 from rlhf.models.build import position_ids
+from rlhf.models.generate import decode
 from rlhf.models.reward import normalization, sequence_rewards, token_values
 
 
@@ -55,13 +55,10 @@ def sample_responses(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, 
                      temperature: float, eos_id: int, pad_id: int) -> torch.Tensor:
     """(B, T <= max_new_tokens) tokens sampled from the policy after each prompt.
 
-    Pure sampling at ``temperature`` (no top-k / top-p), KV cache on; HF pads finished rows.
+    Pure sampling at ``temperature`` (no top-k / top-p), KV cache on, finished rows padded and
+    dropped from the batch (``rlhf.models.generate.decode``).
     """
-    gen = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                           max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                           use_cache=True)
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen)
-    return out[:, query_ids.shape[1]:]
+    return decode(policy, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id)
 
 
 def truncate_after_eos(response_ids: torch.Tensor, eos_id: int, pad_id: int):
