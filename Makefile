@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup quickstart test test-slow bench
+.PHONY: setup quickstart test test-slow bench gpu-check
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,14 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+# One GPU, bf16 (make setup CONSTRAINTS= first, for CUDA torch): a shortened Quick start (4,000 RM
+# prompts, 40 PPO iterations per PPO step) with its wall time per step, then the speed benchmark
+# on that run: per-phase times and tokens/s, old vs new code paths. Budget: under 8 min on an H200.
+GPU_RUN ?= gpu_check
+gpu-check: setup
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make gpu-check needs a CUDA GPU and CUDA torch (make setup CONSTRAINTS=)')"
+	$(BIN)/rlhf-pipeline experiment=quickstart run_name=$(GPU_RUN) trainer=gpu trainer.devices=1 \
+	  trainer.precision=bf16-mixed trainer.enable_progress_bar=false data.world.n_rm=4000 \
+	  steps.ppo.stage.iterations=40 steps.ppo_ptx.stage.iterations=40 steps.ppo_beta.stage.iterations=40 $(ARGS)
+	$(BIN)/python benchmarks/quickstart_speed.py --run outputs/$(GPU_RUN) --rounds 3

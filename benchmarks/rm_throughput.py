@@ -6,7 +6,8 @@
     once and the loss covers its C(K,2) pairs (rlhf.data.comparisons + kway_ranking_loss).
 (b) pairwise: the same comparisons expanded to C(K,2) independent (chosen, rejected) pairs,
     each completion encoded again in every pair it is in, as pairwise trainers do (K=2 case).
-Both use the same model, collate, rows per step (72 at K=9) and forward+backward+AdamW step.
+Both use the same model, collate, rows per step (72 at K=9) and forward+backward+AdamW step, in
+the plain layout (one row per completion; ``--shared-prompt`` for the RM's default layout).
 A round is one pass over all comparisons; the steps of (a) and (b) are interleaved.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from rlhf.algos.ranking import kway_ranking_loss
 from rlhf.data.comparisons import collate_comparisons
-from rlhf.models.reward import sequence_rewards
+from rlhf.models.reward import completion_rewards
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 PAD = 1
@@ -36,21 +37,20 @@ def synthetic(n: int, k: int, prompt_len: int, completion_len: int, vocab: int, 
     tokens = lambda m: torch.randint(2, vocab, (m,), generator=g).tolist()  # noqa: E731
     out = []
     for _ in range(n):
-        prompt = tokens(prompt_len)
-        rows = [prompt + tokens(completion_len + int(torch.randint(-4, 5, (1,), generator=g))) for _ in range(k)]
-        out.append({"completions": [{"input_ids": r, "labels": r} for r in rows], "ranks": list(range(k))})
+        completions = [tokens(completion_len + int(torch.randint(-4, 5, (1,), generator=g))) for _ in range(k)]
+        out.append({"prompt": tokens(prompt_len), "completions": completions, "ranks": list(range(k))})
     return out
 
 
 def as_pairs(data: list[dict]) -> list[dict]:
     """Each prompt's C(K,2) comparisons as separate K=2 elements (chosen first)."""
-    return [{"completions": [d["completions"][i], d["completions"][j]], "ranks": [0, 1]}
+    return [{"prompt": d["prompt"], "completions": [d["completions"][i], d["completions"][j]], "ranks": [0, 1]}
             for d in data for i, j in itertools.combinations(range(len(d["ranks"])), 2)]
 
 
 def step(model, opt, batch: dict) -> int:
     """One forward+backward+step; returns the number of comparisons (pairs) it learned from."""
-    r = sequence_rewards(model, batch["input_ids"], batch["attention_mask"], raw=True)
+    r = completion_rewards(model, batch, raw=True)
     rewards = r.new_zeros(batch["mask"].shape).index_put((batch["owner"], batch["slot"]), r)
     loss, stats = kway_ranking_loss(rewards, batch["ranks"], batch["mask"])
     opt.zero_grad(set_to_none=True)
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--batch-prompts", type=int, default=8, help="(a): prompts per step")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shared-prompt", action="store_true", help="one row per prompt and its completions")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     preset = OmegaConf.load(CONF / f"{args.model}.yaml")
@@ -89,10 +90,11 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
     data = synthetic(args.prompts, args.k, args.prompt_len, args.completion_len, preset.vocab_size)
     pair_batch = args.batch_prompts * args.k // 2  # (b) encodes as many rows per step as (a)
-    batches = {"kway": [collate_comparisons(data[i:i + args.batch_prompts], PAD)
+    batches = {"kway": [collate_comparisons(data[i:i + args.batch_prompts], PAD, args.shared_prompt)
                         for i in range(0, len(data), args.batch_prompts)]}
     pairs = as_pairs(data)
-    batches["pairwise"] = [collate_comparisons(pairs[i:i + pair_batch], PAD) for i in range(0, len(pairs), pair_batch)]
+    batches["pairwise"] = [collate_comparisons(pairs[i:i + pair_batch], PAD, args.shared_prompt)
+                           for i in range(0, len(pairs), pair_batch)]
     ratio = len(batches["pairwise"]) // len(batches["kway"])
     timed_steps(model, opt, batches["kway"][:3] + batches["pairwise"][:3])  # warmup
     steps = {"kway": [], "pairwise": []}

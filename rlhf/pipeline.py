@@ -193,8 +193,9 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
         print(describe(steps, configs=True))
         return {}
     log.info("plan:\n%s", describe(steps))
-    results = {}
+    results, minutes = {}, {}
     for step in steps:
+        start = time.perf_counter()
         if step.name == "report":
             from rlhf.eval.report import build_report
             log.info("report: %s", build_report(Path(cfg.run_dir)))
@@ -204,10 +205,14 @@ def run_pipeline(cfg: DictConfig, overrides: list[str]) -> dict:
             if step.status == "rerun":
                 set_aside(stage_dir(step.config))
             results[step.name], _ = train(step.config)
-            log.info("step %s: %s", step.name, {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
+            log.info("step %s (%.1f min): %s", step.name, (time.perf_counter() - start) / 60,
+                     {k: float(f"{v:.4g}") for k, v in results[step.name].items()})
             if step.name == "bestofn":  # said again when skipped, so a resumed run shows it too
                 info = read_provenance(stage_dir(step.config) / "final")
                 (log.info if info["metrics"].get("rm_helps") else log.warning)("best-of-n check: %s", info["verdict"])
+        minutes[step.name] = (time.perf_counter() - start) / 60
+    log.info("wall time per step: %s; total %.1f min", ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items()),
+             sum(minutes.values()))
     return results
 
 

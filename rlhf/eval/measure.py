@@ -35,11 +35,11 @@ def response_logprobs(model, tok, prompts: list[str], responses: list[str], temp
     model.eval()
     rows, out = _rows(tok, prompts, responses, template), []
     for i in range(0, len(rows), batch_size):
-        b = collate_right(rows[i:i + batch_size], tok.pad_token_id)
+        b = {k: v.to(model.device) for k, v in collate_right(rows[i:i + batch_size], tok.pad_token_id).items()}
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         labels = b["labels"][:, 1:]
         lp = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0))
-        out.append((lp * (labels != IGNORE)).sum(-1))
+        out.append((lp * (labels != IGNORE)).sum(-1).cpu())
     return torch.cat(out)
 
 
@@ -50,7 +50,7 @@ def text_loss(model, tok, texts: list[str], max_tokens: int, batch_size: int = 6
     rows = encode_texts([{"text": t} for t in texts], tok, max_tokens, Counts())
     total, n = 0.0, 0
     for i in range(0, len(rows), batch_size):
-        b = collate_right(rows[i:i + batch_size], tok.pad_token_id)
+        b = {k: v.to(model.device) for k, v in collate_right(rows[i:i + batch_size], tok.pad_token_id).items()}
         loss, k = lm_loss(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
         total, n = total + float(loss) * int(k), n + int(k)
     return total / max(n, 1)

@@ -78,6 +78,19 @@ def build_causal_lm(cfg: DictConfig, tokenizer) -> PreTrainedModel:
     return model
 
 
+def inference_device(cfg: DictConfig) -> torch.device:
+    """Where the sampling and scoring stages (collect, select, best-of-n, eval) run: the GPU
+    when there is one and ``trainer.accelerator`` allows it, else the CPU. Weights stay fp32."""
+    if str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def load_causal_lm(path: str, cfg: DictConfig) -> PreTrainedModel:
+    """A stage's ``final/`` (or any HF causal LM) for sampling, on :func:`inference_device`, in eval mode."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(inference_device(cfg)).eval()
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding. GPT-2's forward pass is wrong without them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

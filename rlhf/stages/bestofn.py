@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl
 from rlhf.data.sources import data_file
 from rlhf.eval.measure import judge_pairs, mean_ci, rm_scores
 from rlhf.handoff import provenance, save_json
+from rlhf.models.build import inference_device, load_causal_lm
 from rlhf.models.generate import sample
 from rlhf.models.reward import load_reward_model
 
@@ -35,10 +36,11 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         raise ValueError("stage=bestofn needs init=<policy final/> and stage.reward_model=<RM final/>")
     torch.manual_seed(cfg.seed)
     prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
-    tok, model = AutoTokenizer.from_pretrained(cfg.init), AutoModelForCausalLM.from_pretrained(cfg.init)
+    tok, model = AutoTokenizer.from_pretrained(cfg.init), load_causal_lm(cfg.init, cfg)
     groups = sample(model, tok, prompts, cfg.data.template, n=st.n,
                     max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
-    rm, rm_tok = load_reward_model(st.reward_model).eval(), AutoTokenizer.from_pretrained(st.reward_model)
+    rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+    rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     flat_p = [p for p in prompts for _ in range(st.n)]
     r = rm_scores(rm, rm_tok, flat_p, [o for g in groups for o in g], cfg.data.template).view(len(prompts), st.n)
     judge = feedback.load(cfg.judge)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl, write_jsonl
 from rlhf.data.sources import data_file
 from rlhf.handoff import provenance, save_json
+from rlhf.models.build import load_causal_lm
 from rlhf.models.generate import sample
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if not cfg.get("init"):
         raise ValueError("stage=collect samples from a policy: set init=<an SFT final/ directory>")
     torch.manual_seed(cfg.seed)
-    tok, model = AutoTokenizer.from_pretrained(cfg.init), AutoModelForCausalLM.from_pretrained(cfg.init)
+    tok, model = AutoTokenizer.from_pretrained(cfg.init), load_causal_lm(cfg.init, cfg)
     labeler = feedback.load(cfg.labeler)
     metrics = {}
     for split, key, limit in (("train", cfg.stage.train_prompts, None),

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl, write_jsonl
 from rlhf.data.sources import data_file
 from rlhf.eval.measure import few_shot_template, judge_pairs, mean_ci, response_logprobs, rm_scores, text_loss
 from rlhf.handoff import provenance, save_json
+from rlhf.models.build import inference_device, load_causal_lm
 from rlhf.models.generate import sample
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,11 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         demos = read_jsonl(data_file(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
         runs["prompted"] = (models["base"], few_shot_template(demos, template))
     ref_path, max_tokens = models[st.reference], cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
-    ref_tok, ref = AutoTokenizer.from_pretrained(ref_path), AutoModelForCausalLM.from_pretrained(ref_path)
+    ref_tok, ref = AutoTokenizer.from_pretrained(ref_path), load_causal_lm(ref_path, cfg)
     ref_loss = text_loss(ref, ref_tok, texts, max_tokens)
     responses, stats = {}, {}
     for name, (path, tmpl) in runs.items():  # one model in memory at a time, beside the reference
-        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        tok, model = AutoTokenizer.from_pretrained(path), load_causal_lm(path, cfg)
         outs = sample(model, tok, prompts, tmpl, n=st.samples_per_prompt,
                       max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
         res = responses[name] = [r for rs in outs for r in rs]
@@ -60,7 +61,8 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     rm = rm_tok = None
     if st.get("reward_model"):
         from rlhf.models.reward import load_reward_model
-        rm, rm_tok = load_reward_model(st.reward_model).eval(), AutoTokenizer.from_pretrained(st.reward_model)
+        rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+        rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     metrics, rng = {}, random.Random(cfg.seed)
     for name, res in responses.items():
         m = {"win_rate": mean_ci(judge_pairs(judge, flat, res, responses[st.reference], rng))}

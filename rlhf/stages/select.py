@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rlhf.data.formats import read_jsonl
 from rlhf.data.sources import data_file
 from rlhf.eval.measure import rm_scores
 from rlhf.handoff import provenance, save_json
+from rlhf.models.build import inference_device, load_causal_lm
 from rlhf.models.generate import sample
 from rlhf.models.reward import load_reward_model
 
@@ -33,11 +34,12 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if not cfg.get("init") or not st.get("reward_model"):
         raise ValueError("stage=select needs init=<SFT final/> and stage.reward_model=<RM final/>")
     prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
-    rm, rm_tok = load_reward_model(st.reward_model).eval(), AutoTokenizer.from_pretrained(st.reward_model)
+    rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+    rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     scores = {}
     for path in candidates(Path(cfg.init)):
         torch.manual_seed(cfg.seed)  # the same sampling noise for every epoch
-        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        tok, model = AutoTokenizer.from_pretrained(path), load_causal_lm(path, cfg)
         outs = [r for rs in sample(model, tok, prompts, cfg.data.template, n=st.samples_per_prompt,
                                    max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
                 for r in rs]
