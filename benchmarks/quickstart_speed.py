@@ -84,9 +84,10 @@ def rm_section(args, run: Path, tok, device) -> None:
     shared = sum(b["input_ids"].numel() for b in batches[True])
     print(f"(1) RM step, {args.rm_batch} prompts x K={K / len(data):.1f} completions per batch "
           f"(prompt {P / len(data):.1f} tokens, completion {C / K:.1f} on average)")
+    repeated = sum(len(d["prompt"]) * len(d["completions"]) for d in data)
     print(f"  token slots per batch, one row per completion: {plain / len(batches[False]):.0f} = "
-          f"{C / plain:.0%} completions, {(K * P / len(data) * len(data)) / plain:.0%} prompt repeated K times, "
-          f"{1 - (C + K * P / len(data) * len(data)) / plain:.0%} padding")
+          f"{C / plain:.0%} completions, {repeated / plain:.0%} the prompt K times, "
+          f"{1 - (C + repeated) / plain:.0%} padding")
     print(f"  token slots per batch, prompt shared: {shared / len(batches[True]):.0f} "
           f"({shared / plain:.0%} of the above; {(C + P) / shared:.0%} real tokens)")
 

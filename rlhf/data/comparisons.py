@@ -6,9 +6,10 @@ dropped whole and counted; over-long completions are truncated and counted.
 
 Every completion is encoded once, in one of two layouts (``shared_prompt``):
 
-    shared (default): one row per prompt, the prompt once and then its K completions, each
-      completion attending to the prompt and to itself (``rlhf.models.attention``)
-        input_ids, segments, position_ids: (B, T)
+    shared (default): a prompt once and then its K completions, each completion attending to
+      the prompt and to itself; such groups packed into rows as wide as the batch's longest
+      group, each group seeing only itself (``rlhf.models.attention``)
+        input_ids, segments, position_ids, groups: (R, T)   R <= B rows
     plain: one row per completion, prompt + completion, right-padded
         input_ids, attention_mask: (N, T)      N = sum of the B prompts' K
     both:
@@ -17,8 +18,8 @@ Every completion is encoded once, in one of two layouts (``shared_prompt``):
         ranks, mask: (B, Kmax) rank of each completion (0 = best), True where real
 
 ``rewards_bk[owner, slot] = rewards`` puts the N scores back into the loss's (B, Kmax) layout.
-At K = 9 the shared layout computes the prompt once instead of nine times and pads only to the
-longest prompt-plus-completions row; the rewards are those of the plain layout (tested).
+At K = 9 the shared layout computes the prompt once instead of nine times and almost no padding;
+the rewards are those of the plain layout (tested).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 from rlhf.algos.ranking import ranking_to_ranks
 from rlhf.data.formats import DataError, read_jsonl
 from rlhf.data.lm import Counts
-from rlhf.models.attention import collate_segmented, shared_prompt_row
+from rlhf.models.attention import collate_segmented, pack_groups, shared_prompt_row
 from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,9 @@ def collate_comparisons(batch: list[dict], pad_id: int, shared_prompt: bool = Tr
     k = [len(b["ranks"]) for b in batch]
     owner = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(k))
     if shared_prompt:
-        rows = [shared_prompt_row(b["prompt"], b["completions"]) for b in batch]
-        flat = collate_segmented(rows, pad_id)
-        flat["row"], flat["last"] = owner, torch.tensor([i for r in rows for i in r["last"]])
+        packed, where, last = pack_groups([shared_prompt_row(b["prompt"], b["completions"]) for b in batch])
+        flat = collate_segmented(packed, pad_id)
+        flat["row"], flat["last"] = torch.tensor(where)[owner], torch.tensor([i for ends in last for i in ends])
     else:
         seqs = [b["prompt"] + c for b in batch for c in b["completions"]]
         flat = collate_segmented([{"input_ids": s, "segments": [1] * len(s)} for s in seqs], pad_id)

@@ -85,7 +85,7 @@ def completion_rewards(model: PreTrainedModel, batch: dict, raw: bool = False) -
     """(N,) reward of each completion in a comparison batch (``rlhf.data.comparisons``, shared
     or plain layout), read at the completion's last token: ``batch["row"]``, ``batch["last"]``."""
     if "segments" in batch:  # the prompt once per row, then its completions
-        mask, pos = model_mask(model, batch["segments"]), batch["position_ids"]
+        mask, pos = model_mask(model, batch["segments"], batch.get("groups")), batch["position_ids"]
     else:
         mask, pos = batch["attention_mask"], position_ids(batch["attention_mask"])
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=pos,

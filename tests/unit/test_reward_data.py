@@ -56,9 +56,9 @@ def test_mixed_k_batch_is_flattened_once_with_ranks_and_mask(tok, tmp_path):
 
 
 def test_shared_layout_holds_each_prompt_once_then_its_completions(tok, tmp_path):
-    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS))
+    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS[:1]))
     b = next(iter(dm.val_dataloader()))
-    assert b["input_ids"].shape[0] == b["segments"].shape[0] == 3  # one row per prompt
+    assert b["input_ids"].shape[0] == b["segments"].shape[0] == 1  # one row: the prompt once
     p, _ = encode_pair(tok, "reverse: cat dog", "", TEMPLATE)
     completions = [encode_pair(tok, "reverse: cat dog", c, TEMPLATE)[1] for c in RECORDS[0]["completions"]]
     n = len(p) + sum(map(len, completions))
@@ -67,9 +67,22 @@ def test_shared_layout_holds_each_prompt_once_then_its_completions(tok, tmp_path
     assert b["segments"][0, n:].eq(-1).all() and b["input_ids"][0, n:].eq(tok.pad_token_id).all()
     # positions continue from the prompt in every completion
     assert b["position_ids"][0, len(p):len(p) + len(completions[0])].tolist() == list(range(len(p), len(p) + len(completions[0])))
-    assert b["row"].tolist() == b["owner"].tolist() == [0] * 3 + [1] * 2 + [2] * 9
     ends = [len(p) + sum(map(len, completions[:i + 1])) - 1 for i in range(3)]
-    assert b["last"][:3].tolist() == ends and b["input_ids"][0, ends].eq(tok.eos_token_id).all()
+    assert b["row"].tolist() == [0] * 3 and b["last"].tolist() == ends
+    assert b["input_ids"][0, ends].eq(tok.eos_token_id).all()
+
+
+def test_shared_groups_are_packed_into_rows_and_each_completion_found_again(tok, tmp_path):
+    dm = datamodule(tok, write_jsonl(tmp_path / "c.jsonl", RECORDS))
+    b = next(iter(dm.val_dataloader()))
+    assert b["input_ids"].shape[0] == 2  # the two short groups share a row beside the K=9 one
+    assert b["owner"].tolist() == [0] * 3 + [1] * 2 + [2] * 9
+    for n, (row, last) in enumerate(zip(b["row"].tolist(), b["last"].tolist())):
+        rec = RECORDS[b["owner"][n]]
+        texts = rec.get("completions") or [rec["chosen"], rec["rejected"]]
+        c = encode_pair(tok, rec["prompt"], texts[b["slot"][n]], TEMPLATE)[1]
+        assert b["input_ids"][row, last - len(c) + 1:last + 1].tolist() == c  # completion n ends there
+        assert b["groups"][row, last] == b["groups"][row, last - len(c) + 1]
 
 
 def test_batch_size_counts_prompts(tok, tmp_path):

@@ -85,3 +85,9 @@ def test_segment_mask_sees_prompt_and_own_completion_only():
 def test_flash_attention_is_refused_by_name():
     with pytest.raises(ValueError, match="flash_attention_2.*stage.shared_prompt=false"):
         segment_mask(torch.zeros(1, 3, dtype=torch.long), "flash_attention_2", torch.float32)
+
+
+def test_groups_packed_in_one_row_do_not_see_each_other():
+    seg, groups = torch.tensor([[0, 1, 0, 1]]), torch.tensor([[0, 0, 1, 1]])  # two prompts with a completion each
+    m = segment_mask(seg, "sdpa", torch.float32, groups)[0, 0].int()
+    assert m.tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
