@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from rlhf.algos.ranking import ranking_to_ranks
 from rlhf.data.formats import DataError, read_jsonl
-from rlhf.data.lm import Counts
+from rlhf.data.lm import Counts, collate_right
 from rlhf.models.attention import collate_segmented, pack_groups, shared_prompt_row
 from rlhf.models.tokenizer import encode_pair
 
@@ -68,8 +68,8 @@ def collate_comparisons(batch: list[dict], pad_id: int, shared_prompt: bool = Tr
         flat["row"], flat["last"] = torch.tensor(where)[owner], torch.tensor([i for ends in last for i in ends])
     else:
         seqs = [b["prompt"] + c for b in batch for c in b["completions"]]
-        flat = collate_segmented([{"input_ids": s, "segments": [1] * len(s)} for s in seqs], pad_id)
-        flat["attention_mask"] = (flat.pop("segments") >= 0).long()
+        flat = collate_right([{"input_ids": s, "labels": s} for s in seqs], pad_id)
+        del flat["labels"]  # the RM reads the last real token, no token labels
         flat["row"], flat["last"] = torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])
     kmax = max(k)
     ranks = torch.zeros((len(batch), kmax), dtype=torch.long)

@@ -10,6 +10,7 @@ from rlhf import feedback
 from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.data.lm import Counts, collate_right, encode_demonstrations, encode_texts
+from rlhf.models.tokenizer import encode_pair
 
 
 def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
@@ -56,12 +57,29 @@ def text_loss(model, tok, texts: list[str], max_tokens: int, batch_size: int = 6
     return total / max(n, 1)
 
 
-def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str) -> torch.Tensor:
-    """(N,) normalised RM rewards of (prompt, response) pairs."""
-    from rlhf.models.reward import score_ids
+@torch.no_grad()
+def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, batch_size: int = 32) -> torch.Tensor:
+    """(N,) normalised RM rewards of (prompt, response) pairs, in order.
 
-    rows = _rows(tok, prompts, responses, template)
-    return score_ids(rm, [r["input_ids"] for r in rows], tok.pad_token_id)
+    Consecutive pairs with the same prompt (a prompt's n samples) are scored as one group, the
+    prompt held once (the RM's shared-prompt rows); every reward is the one it gets alone.
+    """
+    from rlhf.data.comparisons import collate_comparisons
+    from rlhf.models.reward import completion_rewards
+
+    groups = []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        prompt_ids, response_ids = encode_pair(tok, p, r or " ", template)
+        if i and p == prompts[i - 1]:
+            groups[-1]["completions"].append(response_ids)
+        else:
+            groups.append({"prompt": prompt_ids, "completions": [response_ids]})
+    out, device = [], next(rm.parameters()).device
+    for i in range(0, len(groups), batch_size):
+        chunk = [{**g, "ranks": [0] * len(g["completions"])} for g in groups[i:i + batch_size]]
+        b = {k: v.to(device) for k, v in collate_comparisons(chunk, tok.pad_token_id).items()}
+        out.append(completion_rewards(rm, b).float().cpu())  # (owner, slot) order: the input order
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def few_shot_template(demos: list[dict], template: str) -> str:

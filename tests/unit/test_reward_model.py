@@ -102,3 +102,17 @@ def test_normalization_is_stored_in_config_and_applied(tmp_path, tok):
 def test_missing_pad_token_id_comes_from_the_tokenizer(tmp_path, tok):
     path, _ = causal_lm_dir(tmp_path, tok, "gpt2", with_pad=False)
     assert load_reward_model(str(path)).config.pad_token_id == tok.pad_token_id
+
+
+def test_rm_scores_holds_a_prompts_samples_in_one_group_and_scores_each_as_alone(tmp_path, tok):
+    from rlhf.eval.measure import rm_scores
+    from rlhf.models.tokenizer import encode_pair
+
+    path, _ = causal_lm_dir(tmp_path, tok, "llama")
+    rm = load_reward_model(str(path)).eval()
+    set_normalization(rm, 2.0, 0.5)
+    prompts = ["reverse: cat dog"] * 3 + ["red"] * 2 + ["reverse: cat dog"]
+    responses = ["dog cat", "cat", "", "sun red blue tree", "tree", "fish"]
+    got = rm_scores(rm, tok, prompts, responses, "{prompt}\n", batch_size=2)
+    rows = [sum(encode_pair(tok, p, r or " ", "{prompt}\n"), []) for p, r in zip(prompts, responses)]
+    torch.testing.assert_close(got, score_ids(rm, rows, tok.pad_token_id), rtol=1e-5, atol=1e-5)
