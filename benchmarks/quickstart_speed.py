@@ -30,16 +30,16 @@ import time
 from pathlib import Path
 
 import torch
+from rm_throughput import step as rm_step  # the RM's forward+backward+AdamW step (this folder)
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import rlhf.rollout
 from rlhf.algos.lm_loss import lm_loss
-from rlhf.algos.ranking import kway_ranking_loss
 from rlhf.data.comparisons import collate_comparisons, encode_comparisons
 from rlhf.data.formats import read_jsonl
 from rlhf.data.lm import Counts, collate_lm, encode_texts
 from rlhf.models.generate import decode
-from rlhf.models.reward import completion_rewards, load_reward_model
+from rlhf.models.reward import load_reward_model
 from rlhf.models.tokenizer import render_prompt
 from rlhf.modules.lm import lm_logits
 
@@ -91,18 +91,18 @@ def rm_section(args, run: Path, tok, device) -> None:
     print(f"  token slots per batch, prompt shared: {shared / len(batches[True]):.0f} "
           f"({shared / plain:.0%} of the above; {(C + P) / shared:.0%} real tokens)")
 
-    def step(shared_layout: bool):
-        def run_steps():
-            for b in batches[shared_layout]:
-                r = completion_rewards(model, b, raw=True)
-                rewards = r.new_zeros(b["mask"].shape).index_put((b["owner"], b["slot"]), r)
-                loss, _ = kway_ranking_loss(rewards, b["ranks"], b["mask"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        return run_steps
-    t = compare(f"{len(batches[True])} RM steps", step(False), step(True), args.rounds)
+    def steps(shared_layout: bool):
+        return lambda: [rm_step(model, opt, b) for b in batches[shared_layout]]
+    t = compare(f"{len(batches[True])} RM steps", steps(False), steps(True), args.rounds)
     print(f"  comparisons (prompts) per second: old {len(data) / t['old']:.0f}, new {len(data) / t['new']:.0f}")
+
+
+def lm_step(model, opt, batch: dict) -> None:
+    """One forward+backward+AdamW step of the LM loss on a padded or packed batch."""
+    loss = lm_loss(lm_logits(model, batch), batch["labels"])[0]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def hf_sample(policy, ids, mask, max_new, temperature, eos, pad):
@@ -160,15 +160,9 @@ def lm_section(args, run: Path, tok, device) -> None:
         print(f"(3) LM step, {name}: real tokens are {real / slots[False]:.0%} of a padded batch's slots, "
               f"{real / slots[True]:.0%} of a packed one's")
 
-        def step(packed: bool):
-            def run_steps():
-                for b in batches[packed]:
-                    loss = lm_loss(lm_logits(model, b), b["labels"])[0]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            return run_steps
-        t = compare(f"{len(batches[True])} steps", step(False), step(True), args.rounds)
+        def steps(packed: bool):
+            return lambda: [lm_step(model, opt, b) for b in batches[packed]]
+        t = compare(f"{len(batches[True])} steps", steps(False), steps(True), args.rounds)
         print(f"  trained tokens/s: old {real / t['old']:.0f}, new {real / t['new']:.0f}")
 
 
