@@ -17,8 +17,9 @@ computed.
 
 The mask goes to the model as a 4D tensor, which transformers passes through unchanged to
 ``sdpa`` (boolean, True = attend) and ``eager`` (additive float). Flash-attention kernels take
-no such mask: :func:`segment_mask` refuses them by name, and callers keep the plain path (one
-padded sequence per row) selectable for them.
+no such mask and FlexAttention wants a BlockMask (not built here: it has no backward on CPUs, so
+it could not be tested): :func:`segment_mask` refuses both by name, and callers keep the plain
+path (one padded sequence per row) selectable for them.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def segment_mask(segments: torch.Tensor, attn_implementation: str | None, dtype:
     """
     impl = attn_implementation or "eager"
     if impl not in SUPPORTED:
-        raise ValueError(f"attention implementation {impl!r} takes no 4D mask; packed and shared-prompt rows "
-                         f"need one of {SUPPORTED} (or turn them off: stage.pack=false / stage.shared_prompt=false)")
+        raise ValueError(f"attention implementation {impl!r}: packed and shared-prompt rows pass a dense 4D mask, "
+                         f"which only {SUPPORTED} take; turn them off (stage.pack=false, ptx.pack=false, "
+                         f"stage.shared_prompt=false) or load the model with attn_implementation='sdpa'")
     T = segments.shape[-1]
     q, k = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
