@@ -23,7 +23,8 @@ logits / temperature, so they match the distribution the tokens were sampled fro
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, NamedTuple
 
 import torch
@@ -103,6 +104,20 @@ def response_values(value_model, query_ids, query_mask, response_ids, response_m
     return token_values(value_model, ids, mask)[:, Tq - 1:-1].float()  # fp32 under bf16 autocast too
 
 
+@contextmanager
+def phase(times: dict | None, name: str):
+    """Add the wall seconds of the block to ``times[name]`` (CUDA synchronised); None: no timing."""
+    if times is None:
+        yield
+        return
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    yield
+    sync()
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+
+
 def check_finite(name: str, x: torch.Tensor, iteration: int, mask: torch.Tensor | None = None) -> None:
     """Stop the run if ``x`` (where ``mask`` is set) holds NaN or inf, naming tensor and iteration."""
     bad = ~torch.isfinite(x) if mask is None else ~torch.isfinite(x) & mask.bool()
@@ -116,7 +131,7 @@ def check_finite(name: str, x: torch.Tensor, iteration: int, mask: torch.Tensor 
 def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tensor, query_mask: torch.Tensor, *,
             max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
             missing_eos_penalty: float | None,
-            full_params: Callable[[], ContextManager] = nullcontext) -> RolloutInfo:
+            full_params: Callable[[], ContextManager] = nullcontext, times: dict | None = None) -> RolloutInfo:
     """One batch of episodes from left-padded prompts query_ids, query_mask (B, Tq).
 
     ``full_params`` is where a sharded policy gathers its weights for generation. Generating
@@ -125,18 +140,23 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
     (``fully_shard``, what Lightning's ModelParallelStrategy uses) a context that calls
     ``policy.unshard()`` and ``reshard()`` on exit; with FSDP1
     ``FullyShardedDataParallel.summon_full_params(policy, writeback=False, recurse=True)``.
-    The scoring passes below are plain forwards and run sharded as they are.
+    The scoring passes below are plain forwards and run sharded as they are. ``times`` collects
+    the wall seconds of generation and of each scoring pass (``phase``).
     """
-    with full_params():
+    with phase(times, "generation"), full_params():
         response = sample_responses(policy, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id)
     response, mask, has_eos = truncate_after_eos(response, eos_id, pad_id)
     q = (query_ids, query_mask, response, mask)
-    logits = response_logits(policy, *q)
-    logprobs, entropy = logprobs_from_logits(logits, response, temperature), entropy_from_logits(logits, temperature)
-    del logits
-    ref_logprobs = response_logprobs(reference, *q, temperature=temperature)
-    values = response_values(value_model, *q)
-    raw = sequence_rewards(reward_model, *_joined(*q), raw=True).float()  # read at EOS (or the last token)
+    with phase(times, "policy_pass"):
+        logits = response_logits(policy, *q)
+        logprobs, entropy = logprobs_from_logits(logits, response, temperature), entropy_from_logits(logits, temperature)
+        del logits
+    with phase(times, "reference_pass"):
+        ref_logprobs = response_logprobs(reference, *q, temperature=temperature)
+    with phase(times, "value_pass"):
+        values = response_values(value_model, *q)
+    with phase(times, "rm_pass"):
+        raw = sequence_rewards(reward_model, *_joined(*q), raw=True).float()  # read at EOS (or the last token)
     gain, bias = normalization(reward_model)
     rm_score = gain * raw + bias
     scores = apply_missing_eos_penalty(rm_score, has_eos, missing_eos_penalty)

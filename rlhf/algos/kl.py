@@ -20,6 +20,21 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
+def logprob_mismatch(logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor) -> dict:
+    """How far the update's log-probs are from the rollout's on the same tokens, before any step.
+
+    logprobs, rollout_logprobs, mask: (B, T). Returns the mean absolute difference, the mean k3
+    KL per token and the spread (max - min) of the PPO ratio over the masked tokens. Zero when
+    both come from the same weights and arithmetic (this project recomputes the rollout's
+    log-probs with the training model); samplers that keep their own log-probs show nonzero.
+    """
+    m = mask.bool()
+    diff = (logprobs - rollout_logprobs)[m]
+    ratio = diff.exp()
+    return {"mismatch/abs": diff.abs().mean(), "mismatch/k3": kl_k3(logprobs, rollout_logprobs)[m].mean(),
+            "mismatch/ratio_spread": ratio.max() - ratio.min()}
+
+
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """exp(ref - lp) - 1 - (ref - lp). logprobs, ref_logprobs: (B, T). Returns (B, T)."""
     log_r = ref_logprobs - logprobs

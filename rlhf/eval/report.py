@@ -19,7 +19,10 @@ from rlhf.handoff import is_finished, metrics_rows, read_provenance  # noqa: E40
 
 METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
 PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
-FIGURES = ["win_rate.png", "ppo_training.png", "alignment_tax.png"]
+FIGURES = ["win_rate.png", "ppo_training.png", "alignment_tax.png", "ppo_phases.png"]
+PHASES = ["generation", "policy_pass", "reference_pass", "value_pass", "rm_pass", "advantages",
+          "policy_update", "value_update", "ptx"]  # rlhf.modules.ppo's time/<phase>_s, in order
+MISMATCH = ["mismatch/abs", "mismatch/k3", "mismatch/ratio_spread"]
 BEST_OF_N = {"one_sample": "one sample", "rm_best": "RM's best of {n}", "judge_best": "judge's best of {n}"}
 
 
@@ -35,6 +38,21 @@ def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl")) -> d
             if row.get(k):
                 out[k].append((int(row["step"]), float(row[k])))
     return out
+
+
+def ppo_phases(run_dir: Path, stage: str) -> dict:
+    """{"seconds": {phase: mean wall seconds per iteration}, "mismatch": {key: max over iterations}}
+    from a PPO stage's CSV metrics (phases it never ran, e.g. ptx in plain PPO, are left out)."""
+    seconds, mismatch = {p: [] for p in PHASES}, {k: [] for k in MISMATCH}
+    for row in metrics_rows(run_dir / stage):
+        for p in PHASES:
+            if row.get(f"time/{p}_s"):
+                seconds[p].append(float(row[f"time/{p}_s"]))
+        for k in MISMATCH:
+            if row.get(f"train/{k}"):
+                mismatch[k].append(abs(float(row[f"train/{k}"])))
+    return {"seconds": {p: sum(v) / len(v) for p, v in seconds.items() if v},
+            "mismatch": {k: max(v) for k, v in mismatch.items() if v}}
 
 
 def methods_table(metrics: dict) -> dict[str, dict[str, list[float]]]:
@@ -110,6 +128,39 @@ def plot_ppo(curves: dict[str, dict], path: Path) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
+def plot_phases(phases: dict[str, dict], path: Path) -> None:
+    """One stacked bar per PPO run: mean wall seconds per iteration, split by phase."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [n for n in phases if phases[n]["seconds"]]
+    left = [0.0] * len(names)
+    for i, p in enumerate(PHASES):
+        widths = [phases[n]["seconds"].get(p, 0.0) for n in names]
+        if any(widths):
+            ax.barh(names, widths, left=left, label=p, color=plt.cm.tab10(i))
+            left = [a + b for a, b in zip(left, widths)]
+    ax.set(xlabel="seconds per PPO iteration", title="Where a PPO iteration's time goes")
+    ax.legend(fontsize=7, ncol=3) if names else ax.text(0.5, 0.5, "no PPO run", ha="center", transform=ax.transAxes)
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
+def phases_markdown(phases: dict[str, dict]) -> list[str]:
+    names = [n for n in phases if phases[n]["seconds"]]
+    if not names:
+        return []
+    lines = ["## PPO iterations: time per phase and log-prob mismatch", "",
+             "Mean wall seconds per iteration by phase, and the largest mismatch over iterations between the "
+             "rollout's log-probs and the update's first recomputation on the same tokens (0 in fp32: "
+             "both come from the same weights).", "",
+             "| run | " + " | ".join(PHASES) + " | total | " + " | ".join(MISMATCH) + " |",
+             "|" + " --- |" * (len(PHASES) + len(MISMATCH) + 2)]
+    for n in names:
+        sec, mm = phases[n]["seconds"], phases[n]["mismatch"]
+        lines.append(f"| {n} | " + " | ".join(f"{sec[p]:.3f}" if p in sec else "-" for p in PHASES)
+                     + f" | {sum(sec.values()):.3f} | " + " | ".join(f"{mm[k]:.1e}" if k in mm else "-" for k in MISMATCH)
+                     + " |")
+    return lines + [""]
+
+
 def plot_tax(table: dict, path: Path) -> None:
     names = [m for m in PPO_RUNS if m in table]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -128,16 +179,18 @@ def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = methods_table(ev["metrics"])
     curves = {s: ppo_curves(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
+    phases = {s: ppo_phases(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
     stages = {s: (_info(run_dir, s) or {}).get("metrics") for s in ("collect", "rm", "bestofn")}
     report = {"run": str(run_dir), "judge": ev.get("judge"), "n_prompts": ev.get("n_prompts"),
               "samples_per_prompt": ev.get("samples_per_prompt"), "methods": table,
-              "ppo_curves": curves, **{s: m for s, m in stages.items() if m}}
+              "ppo_curves": curves, "ppo_phases": phases, **{s: m for s, m in stages.items() if m}}
     if bon := best_of_n(_info(run_dir, "bestofn")):
         report["best_of_n"] = bon
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_win_rates(table, out / FIGURES[0])
     plot_ppo(curves, out / FIGURES[1])
     plot_tax(table, out / FIGURES[2])
+    plot_phases(phases, out / FIGURES[3])
     (out / "summary.md").write_text(summary_markdown(report, run_dir / "eval" / "samples.jsonl", n_examples))
     return out
 
@@ -151,7 +204,7 @@ def summary_markdown(report: dict, samples: Path, n_examples: int) -> str:
     for m, figs in report["methods"].items():
         lines.append(f"| {m} | " + " | ".join(_fmt(figs.get(c), ci=c == "win_rate") for c in cols) + " |")
     lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", *best_of_n_markdown(report.get("best_of_n")),
-              "## Examples", ""]
+              *phases_markdown(report.get("ppo_phases", {})), "## Examples", ""]
     if samples.is_file():
         step = report.get("samples_per_prompt") or 1  # one example per prompt
         rows = [json.loads(line) for line in samples.open()][::step][: n_examples]

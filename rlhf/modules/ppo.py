@@ -4,9 +4,14 @@ One ``training_step`` = one PPO iteration over a batch of prompts:
   1. rollout (``rlhf.rollout``): sample from the CURRENT policy, score with the frozen models;
   2. per-token reward -beta * KL plus the score at the last token; GAE; whitened advantages;
      the KL controller sees the batch's mean sequence KL;
-  3. ``ppo_epochs`` passes over shuffled minibatches. Each optimizer step backpropagates the
-     PPO loss and, for PPO-ptx, ``ptx.coef`` times the pretraining LM loss into the SAME
-     gradient buffers, then takes ONE step (paper appendix C: "accumulated ... before one step").
+  3. ``ppo_epochs`` passes over shuffled minibatches. Each policy step backpropagates the
+     clipped policy loss and, for PPO-ptx, ``ptx.coef`` times the pretraining LM loss into the
+     SAME gradient buffers, then takes ONE step (paper appendix C: "accumulated ... before one
+     step"); the value model's loss and step follow (separate models, separate gradients).
+For the first ``stage.critic_warmup_iterations`` iterations only the value model learns: the
+policy, its EMA and the KL controller stay as they are, so advantages are not noise when the
+policy starts to move. Each iteration logs its wall time per phase (``time/<phase>_s``) and, on
+its first minibatch, how far the update's log-probs are from the rollout's (``mismatch/*``).
 Policy and value model have their own Adam (paper: betas (0.9, 0.95), value lr 9e-6, eps 1e-5),
 LR constant after a linear warmup from 1/10 of peak over ``warmup_iterations``. An EMA of the
 policy weights (paper 0.992, updated after every policy step) is what the stage exports.
@@ -24,14 +29,14 @@ from lightning.pytorch.loggers import WandbLogger
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from rlhf.algos.kl import kl_k3
+from rlhf.algos.kl import kl_k3, logprob_mismatch
 from rlhf.algos.lm_loss import lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
 from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
 from rlhf.distributed import clip_grad_norm, gathered, is_sharded, shard
 from rlhf.modules.lm import lm_logits
-from rlhf.rollout import check_finite, response_logits, response_values, rollout
+from rlhf.rollout import check_finite, phase, response_logits, response_values, rollout
 
 FROZEN = ("reference.", "reward_model.")  # state_dict prefixes reloaded from their final/ dirs
 
@@ -80,14 +85,17 @@ class PPOModule(pl.LightningModule):
         it = self.trainer.global_step  # PPO iterations done
         # per-iteration seed: a resumed run samples exactly what the uninterrupted run would have
         torch.manual_seed(hash((self.seed, it, self.global_rank)) & (2**63 - 1))
+        warmup = it < self.st.critic_warmup_iterations  # only the value model learns
+        times: dict[str, float] = {}
         t0 = self._now()
         info = rollout(self.policy, self.reference, self.value, self.reward_model,
                      batch["input_ids"], batch["attention_mask"], **self.sampling,
-                     full_params=lambda: gathered(self.policy))  # sharded: weights gathered once per rollout
+                     full_params=lambda: gathered(self.policy), times=times)  # sharded: gathered once per rollout
         ro, mask, beta = info.rollout, info.rollout.response_mask, self.kl_ctl.value
-        rewards, seq_kl, advantages, returns = self._advantages(info, beta, it)
+        with phase(times, "advantages"):
+            rewards, seq_kl, advantages, returns = self._advantages(info, beta, it, update_kl=not warmup)
         t1 = self._now()
-        stats = self._update(ro, info.value_mask, advantages, returns, batch.get("ptx"))
+        stats = self._update(ro, info.value_mask, advantages, returns, batch.get("ptx"), times, warmup)
         t2 = self._now()
         B = len(seq_kl)
         self.log_dict({"train/score": ro.scores.mean(), "train/kl": seq_kl.mean()}, prog_bar=True, batch_size=B)
@@ -97,13 +105,15 @@ class PPOModule(pl.LightningModule):
             "train/reward": rewards.sum(-1).mean(), "train/entropy": masked_mean(info.entropy, mask),
             "train/response_length": mask.sum(-1).float().mean(), "train/eos_rate": info.has_eos.float().mean(),
             "train/explained_variance": explained_variance(ro.values, returns, info.value_mask),
-            **{f"train/{k}": v for k, v in stats.items()},
+            **{f"train/{k}": v for k, v in stats.items()}, "train/critic_warmup": float(warmup),
+            **{f"time/{k}_s": v for k, v in times.items()},
             "time/rollout_s": t1 - t0, "time/update_s": t2 - t1}, batch_size=B)
         self._log_samples(it, batch["prompts"], info)
 
-    def _advantages(self, info, beta: float, it: int):
-        """Eq. 2's per-token rewards, GAE, whitened advantages; feeds the KL controller.
-        Returns rewards (B, T), sequence KL (B,), advantages, returns (B, T)."""
+    def _advantages(self, info, beta: float, it: int, update_kl: bool = True):
+        """Eq. 2's per-token rewards, GAE, whitened advantages; feeds the KL controller (unless
+        ``update_kl`` is False: critic warm-up). Returns rewards (B, T), sequence KL (B,),
+        advantages, returns (B, T)."""
         ro, mask = info.rollout, info.rollout.response_mask
         for name, x in (("log-probs", ro.logprobs), ("reference log-probs", ro.ref_logprobs), ("values", ro.values)):
             check_finite(name, x, it, mask)
@@ -112,41 +122,61 @@ class PPOModule(pl.LightningModule):
         check_finite("rewards", rewards, it, mask)
         advantages, returns = gae(rewards, ro.values, info.value_mask, self.st.discount, self.st.lam)
         seq_kl = kl.sum(-1)  # (B,) nats per response
-        kl_mean = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # one beta on every rank
-        self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)
+        if update_kl:
+            kl_mean = self.trainer.strategy.reduce(seq_kl.mean(), reduce_op="mean")  # one beta on every rank
+            self.kl_ctl.update(float(kl_mean), len(seq_kl) * self.trainer.world_size)
         return rewards, seq_kl, masked_whiten(advantages, mask), returns
 
-    def _update(self, ro, value_mask, advantages, returns, ptx: list[dict] | None) -> dict:
+    def _update(self, ro, value_mask, advantages, returns, ptx: list[dict] | None, times: dict,
+                warmup: bool = False) -> dict:
+        """``ppo_epochs`` passes of minibatch steps; ``warmup``: the value model's steps only."""
         opt_p, opt_v = self.optimizers()
         steps = [idx for _ in range(self.st.ppo_epochs)
                  for idx in torch.randperm(len(advantages), device=advantages.device).split(self.st.minibatch_size)]
-        ptx_chunks = ptx if ptx is not None and self.ptx_coef > 0 else [None] * len(steps)  # one per step
+        ptx_on = ptx is not None and self.ptx_coef > 0 and not warmup
         stats = defaultdict(list)
-        for n, (idx, ptx_mb) in enumerate(zip(steps, ptx_chunks)):
-            loss, s = self._ppo_loss(ro.select(idx), value_mask[idx], advantages[idx], returns[idx])
-            self.manual_backward(loss)
-            if ptx_mb is not None:  # into the same .grad buffers: no zero_grad, no step in between
-                ptx_loss = self._ptx_loss(ptx_mb)
-                self.manual_backward(self.ptx_coef * ptx_loss)
-                s["ptx_loss"] = ptx_loss.detach()
-            s["policy_grad_norm"] = self._step(opt_p, self.policy, counted=n == len(steps) - 1)
-            s["value_grad_norm"] = self._step(opt_v, self.value, counted=False)
-            if self.ema is not None:
-                self.ema.update_parameters(self.policy)
+        for n, idx in enumerate(steps):
+            mb, s, last = ro.select(idx), {}, n == len(steps) - 1
+            if not warmup:
+                with phase(times, "policy_update"):
+                    pg, s = self._policy_loss(mb, advantages[idx], first=n == 0)
+                    self.manual_backward(pg)
+                if ptx_on:  # into the same .grad buffers: no zero_grad, no step in between
+                    with phase(times, "ptx"):
+                        ptx_loss = self._ptx_loss(ptx[n])
+                        self.manual_backward(self.ptx_coef * ptx_loss)
+                    s["ptx_loss"] = ptx_loss.detach()
+                with phase(times, "policy_update"):
+                    s["policy_grad_norm"] = self._step(opt_p, self.policy, counted=last)
+                    if self.ema is not None:
+                        self.ema.update_parameters(self.policy)
+            with phase(times, "value_update"):
+                vf, vf_stats = self._value_loss(mb, value_mask[idx], returns[idx])
+                self.manual_backward(self.st.vf_coef * vf)
+                s.update(vf_stats, value_grad_norm=self._step(opt_v, self.value, counted=warmup and last))
             for k, v in s.items():
                 stats[k].append(v)
-        for sched in self.lr_schedulers():
-            sched.step()  # one warmup step per iteration
+        for sched, model in zip(self.lr_schedulers(), ("policy", "value")):
+            if not (warmup and model == "policy"):  # the policy's lr warmup starts when the policy does
+                sched.step()  # one warmup step per iteration
         return {k: torch.stack(v).mean() for k, v in stats.items()}
 
-    def _ppo_loss(self, mb, value_mask, advantages, returns):
-        """Clipped policy loss + vf_coef * clipped value loss on one minibatch (a Rollout)."""
+    def _policy_loss(self, mb, advantages, first: bool = False):
+        """Clipped policy loss on one minibatch (a Rollout); ``first``: before any step of the
+        iteration, so its log-probs come from the weights that scored the rollout (mismatch)."""
         q = (mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask)
         logprobs = logprobs_from_logits(response_logits(self.policy, *q), mb.response_ids, self.st.temperature)
         pg, pg_stats = policy_loss(logprobs, mb.logprobs, advantages, mb.response_mask, self.st.clip)
+        stats = {"policy_loss": pg.detach(), **pg_stats}
+        if first:
+            stats.update(logprob_mismatch(logprobs.detach(), mb.logprobs, mb.response_mask))
+        return pg, stats
+
+    def _value_loss(self, mb, value_mask, returns):
+        """Clipped value loss on one minibatch (a Rollout)."""
+        q = (mb.query_ids, mb.query_mask, mb.response_ids, mb.response_mask)
         vf, vf_stats = value_loss(response_values(self.value, *q), mb.values, returns, value_mask, self.st.value_clip)
-        stats = {"policy_loss": pg.detach(), "value_loss": vf.detach(), **pg_stats, **vf_stats}
-        return pg + self.st.vf_coef * vf, stats
+        return vf, {"value_loss": vf.detach(), **vf_stats}
 
     def _ptx_loss(self, b: dict) -> torch.Tensor:
         """Pretraining LM loss of the policy on packed or right-padded texts (the gamma term of Eq. 2)."""

@@ -91,6 +91,7 @@ class PPOStage(TrainedStage):
     value_clip: Optional[float] = positive()
     vf_coef: float = nonneg()
     ema_decay: Optional[float] = fraction()
+    critic_warmup_iterations: int = nonneg()     # first N iterations train the value model only
     log_samples_every: int = nonneg()            # 0: never
     log_samples: int = nonneg()
     optim: PPOOptim = MISSING

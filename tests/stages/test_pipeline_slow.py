@@ -22,7 +22,12 @@ def test_whole_pipeline_on_the_tiny_preset(tmp_path):
     report = json.loads((tmp_path / "p" / "report" / "report.json").read_text())
     assert list(report["methods"]) == ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]
     assert report["best_of_n"]["verdict"] and set(report["ppo_curves"]) == {"ppo", "ppo_ptx", "ppo_beta"}
-    assert (tmp_path / "p" / "report" / "summary.md").is_file()
+    phases = report["ppo_phases"]
+    assert set(phases["ppo_ptx"]["seconds"]) == {"generation", "policy_pass", "reference_pass", "value_pass",
+                                                 "rm_pass", "advantages", "policy_update", "value_update", "ptx"}
+    assert "ptx" not in phases["ppo"]["seconds"] and max(phases["ppo"]["mismatch"].values()) < 1e-6
+    summary = (tmp_path / "p" / "report" / "summary.md").read_text()
+    assert "## PPO iterations: time per phase" in summary and "| ppo_ptx |" in summary
 
 
 @pytest.mark.slow

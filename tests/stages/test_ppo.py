@@ -43,6 +43,10 @@ def ppo(models, toy_overrides):
             f"data.files.prompts_ppo={models['prompts']}", *FAST]
 
 
+PHASES = ("generation", "policy_pass", "reference_pass", "value_pass", "rm_pass", "advantages",
+          "policy_update", "value_update", "ptx")
+
+
 class Snapshot(pl.Callback):
     def on_train_start(self, trainer, module):
         self.start_step = trainer.global_step
@@ -77,6 +81,12 @@ def test_ppo_ptx_trains_policy_and_value_only_and_exports(ppo, models, tmp_path)
                 "clipfrac", "approx_kl", "explained_variance", "response_length", "eos_rate", "ptx_loss"):
         assert rows[-1][f"train/{key}"] != "", key
     assert rows[-1]["time/rollout_s"] and rows[-1]["time/update_s"]
+    for row in rows:  # the update's first log-probs are the rollout's: same weights, same fp32 arithmetic
+        assert float(row["train/mismatch/abs"]) < 1e-6 and abs(float(row["train/mismatch/k3"])) < 1e-6
+        assert float(row["train/mismatch/ratio_spread"]) < 1e-6
+        phases = {k: float(row[f"time/{k}_s"]) for k in PHASES}
+        assert all(v > 0 for v in phases.values()), phases
+        assert sum(phases.values()) <= float(row["time/rollout_s"]) + float(row["time/update_s"]) + 1e-3
     assert float(rows[0]["train/rm_score"]) == pytest.approx(float(rows[0]["train/rm_score_raw"]) + 0.5, abs=1e-5)
     samples = [json.loads(line) for line in open(sdir / "samples.jsonl")]
     assert len(samples) == 3 * 4 and set(samples[0]) >= {"prompt", "response", "score", "iteration"}
@@ -114,12 +124,17 @@ class GradientSpy(pl.Callback):
         self.events, self.checks = [], []
         policy = [p for p in module.policy.parameters()]
         value = [p for p in module.value.parameters()]
-        ppo_loss, ptx_loss, backward = module._ppo_loss, module._ptx_loss, module.manual_backward
+        policy_loss, value_loss = module._policy_loss, module._value_loss
+        ptx_loss, backward = module._ptx_loss, module.manual_backward
         last = {}
 
-        def spy_ppo(*args):
-            last["ppo"] = args
-            return ppo_loss(*args)
+        def spy_policy(*args, **kwargs):
+            last["policy"] = args
+            return policy_loss(*args, **kwargs)
+
+        def spy_value(*args):
+            last["value"] = args
+            return value_loss(*args)
 
         def spy_ptx(batch):
             last["ptx"] = batch
@@ -134,7 +149,7 @@ class GradientSpy(pl.Callback):
 
         def at_policy_step(opt, args, kwargs):
             self.events.append("policy step")
-            g_ppo = grads(ppo_loss(*last["ppo"])[0], policy)
+            g_ppo = grads(policy_loss(*last["policy"])[0], policy)
             g_ptx = grads(module.ptx_coef * ptx_loss(last["ptx"]), policy)
             self.checks.append(all(torch.allclose(p.grad, a + b, rtol=1e-4, atol=1e-6)
                                    for p, a, b in zip(policy, g_ppo, g_ptx)))
@@ -142,10 +157,11 @@ class GradientSpy(pl.Callback):
 
         def at_value_step(opt, args, kwargs):
             self.events.append("value step")
-            g_ppo = grads(ppo_loss(*last["ppo"])[0], value)
+            g_ppo = grads(module.st.vf_coef * value_loss(*last["value"])[0], value)
             self.checks.append(all(torch.allclose(p.grad, a, rtol=1e-4, atol=1e-6) for p, a in zip(value, g_ppo)))
 
-        module._ppo_loss, module._ptx_loss, module.manual_backward = spy_ppo, spy_ptx, spy_backward
+        module._policy_loss, module._value_loss = spy_policy, spy_value
+        module._ptx_loss, module.manual_backward = spy_ptx, spy_backward
         trainer.optimizers[0].register_step_pre_hook(at_policy_step)
         trainer.optimizers[1].register_step_pre_hook(at_value_step)
 
@@ -154,9 +170,9 @@ def test_ptx_gradient_is_accumulated_with_the_ppo_gradient_before_one_step(ppo):
     spy = GradientSpy()
     train(make_config([*ppo, "ptx=paper", "ptx.examples_per_episode=2", "stage.optim.max_grad_norm=null",
                        "trainer.max_steps=1", "run_name=ptx"]), callbacks=[spy])
-    # per optimizer step (2 minibatches): PPO backward, ptx backward, then ONE step of each optimizer
-    assert spy.events == ["backward", "backward", "policy step", "value step"] * 2
-    assert spy.checks == [True] * 4  # policy grad = PPO grad + ptx grad; value grad = PPO grad only
+    # per minibatch (2): policy-loss backward, ptx backward, ONE policy step; value backward, value step
+    assert spy.events == ["backward", "backward", "policy step", "backward", "value step"] * 2
+    assert spy.checks == [True] * 4  # policy grad = PPO grad + ptx grad; value grad = its loss's only
     assert spy.ptx_matters
 
 
@@ -204,6 +220,31 @@ def test_killed_run_resumes_to_the_state_of_an_uninterrupted_run(ppo, tmp_path):
     assert resumed.start_step == 2 and b["trainer"].global_step == 4
     assert resumed.start_beta != first.start_beta  # the adaptive beta came back from the checkpoint
     assert resumed.prompts == {k: whole.prompts[k] for k in (2, 3)}  # the data position continued
+    sa, sb = _state(a["module"], a["trainer"]), _state(b["module"], b["trainer"])
+    for piece in sa:
+        bad = [k for k in sa[piece] if not torch.allclose(torch.as_tensor(sa[piece][k]).float(),
+                                                          torch.as_tensor(sb[piece][k]).float(), atol=1e-6)]
+        assert bad == [], (piece, bad[:3])
+
+
+def test_critic_warmup_trains_only_the_value_model_and_resumes(ppo, tmp_path):
+    base = [*ppo, "ptx=paper", "ptx.examples_per_episode=1", "kl=adaptive", "kl.horizon=100",
+            "stage.critic_warmup_iterations=2"]
+    warm, whole, resumed = Snapshot(), Snapshot(), Snapshot()
+    metrics, w = train(make_config([*base, "trainer.max_steps=2", "run_name=warm"]), callbacks=[warm])
+    module = w["module"]
+    for name, p in module.named_parameters():
+        moved = not torch.equal(p, warm.before[name])
+        assert moved == name.startswith("value."), name  # policy and EMA untouched, the value model trained
+    assert w["trainer"].global_step == 2 and module.kl_ctl.value == warm.start_beta  # beta did not move
+    rows = [r for r in metrics_rows(tmp_path / "warm" / "ppo") if r.get("train/kl")]
+    assert [float(r["train/critic_warmup"]) for r in rows] == [1.0, 1.0] and "train/policy_loss" not in metrics
+    # resumed past the warm-up: the policy moves from iteration 2 on, as in an uninterrupted run
+    (tmp_path / "warm" / "ppo" / "final" / "rlhf.json").unlink()
+    _, b = train(make_config([*base, "trainer.max_steps=3", "run_name=warm"]), callbacks=[resumed])
+    _, a = train(make_config([*base, "trainer.max_steps=3", "run_name=whole"]), callbacks=[whole])
+    assert resumed.start_step == 2
+    assert all(not torch.equal(p, warm.before[n]) for n, p in b["module"].named_parameters() if n.startswith("policy."))
     sa, sb = _state(a["module"], a["trainer"]), _state(b["module"], b["trainer"])
     for piece in sa:
         bad = [k for k in sa[piece] if not torch.allclose(torch.as_tensor(sa[piece][k]).float(),
