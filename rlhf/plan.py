@@ -29,7 +29,8 @@ READS = {
 NOT_RESULTS = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "stage.save_every_n_steps",
                "stage.log_samples", "stage.log_samples_every", "data.dir", "data.files", "data.name",
                "model.pretrain_lr",
-               "stage.shared_prompt", "stage.pack", "ptx.pack")  # layouts: the same result to float tolerance
+               "stage.shared_prompt", "stage.pack", "ptx.pack",  # layouts: the same result to float tolerance
+               "stage.eval_every", "stage.eval_prompts", "stage.max_eval_prompts", "stage.alarms")  # PPO's monitor
 
 
 class PlannedStep(NamedTuple):

@@ -30,7 +30,8 @@ def _info(run_dir: Path, stage: str) -> dict | None:
     return read_provenance(run_dir / stage / "final") if is_finished(run_dir / stage) else None
 
 
-def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl")) -> dict[str, list[tuple[int, float]]]:
+def ppo_curves(run_dir: Path, stage: str, keys=("train/score", "train/kl", "train/val_win_rate")
+               ) -> dict[str, list[tuple[int, float]]]:
     """{key: [(step, value), ...]} from a PPO stage's CSV metrics."""
     out = {k: [] for k in keys}
     for row in metrics_rows(run_dir / stage):
@@ -117,15 +118,30 @@ def plot_win_rates(table: dict, path: Path) -> None:
 
 
 def plot_ppo(curves: dict[str, dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for stage, c in curves.items():
-        for ax, key in zip(axes, ("train/score", "train/kl")):
-            if c[key]:
-                ax.plot(*zip(*c[key]), label=stage)
-    for ax, title in zip(axes, ("RM score (normalised)", "KL to SFT (nats / response)")):
+        for ax, key in zip(axes, ("train/score", "train/kl", "train/val_win_rate")):
+            if c.get(key):
+                ax.plot(*zip(*c[key]), label=stage, marker="o" if key == "train/val_win_rate" else None)
+    for ax, title in zip(axes, ("RM score (normalised)", "KL to SFT (nats / response)",
+                                "judge's win rate vs SFT, validation prompts")):
         ax.set(xlabel="PPO iteration", title=title)
         ax.legend() if ax.lines else ax.text(0.5, 0.5, "no PPO run", ha="center", transform=ax.transAxes)
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
+def ppo_alarms(run_dir: Path, stage: str) -> list[dict]:
+    """The alarms a PPO stage raised (``<stage>/alarms.jsonl``), in order."""
+    path = run_dir / stage / "alarms.jsonl"
+    return [json.loads(line) for line in path.open()] if path.is_file() else []
+
+
+def alarms_markdown(alarms: dict[str, list[dict]]) -> list[str]:
+    lines = ["## PPO alarms", ""]
+    raised = [(s, a) for s, rows in alarms.items() for a in rows]
+    if not raised:
+        return lines + [f"None raised in {', '.join(alarms) or 'any PPO run'} (thresholds: stage.alarms).", ""]
+    return lines + [f"- **{s}**, iteration {a['iteration']}: {a['alarm']}: {a['message']}" for s, a in raised] + [""]
 
 
 def plot_phases(phases: dict[str, dict], path: Path) -> None:
@@ -180,10 +196,12 @@ def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
     table = methods_table(ev["metrics"])
     curves = {s: ppo_curves(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
     phases = {s: ppo_phases(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
+    raised = {s: ppo_alarms(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
     stages = {s: (_info(run_dir, s) or {}).get("metrics") for s in ("collect", "rm", "bestofn")}
     report = {"run": str(run_dir), "judge": ev.get("judge"), "n_prompts": ev.get("n_prompts"),
               "samples_per_prompt": ev.get("samples_per_prompt"), "methods": table,
-              "ppo_curves": curves, "ppo_phases": phases, **{s: m for s, m in stages.items() if m}}
+              "ppo_curves": curves, "ppo_phases": phases, "ppo_alarms": raised,
+              **{s: m for s, m in stages.items() if m}}
     if bon := best_of_n(_info(run_dir, "bestofn")):
         report["best_of_n"] = bon
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -204,7 +222,8 @@ def summary_markdown(report: dict, samples: Path, n_examples: int) -> str:
     for m, figs in report["methods"].items():
         lines.append(f"| {m} | " + " | ".join(_fmt(figs.get(c), ci=c == "win_rate") for c in cols) + " |")
     lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", *best_of_n_markdown(report.get("best_of_n")),
-              *phases_markdown(report.get("ppo_phases", {})), "## Examples", ""]
+              *alarms_markdown(report.get("ppo_alarms", {})), *phases_markdown(report.get("ppo_phases", {})),
+              "## Examples", ""]
     if samples.is_file():
         step = report.get("samples_per_prompt") or 1  # one example per prompt
         rows = [json.loads(line) for line in samples.open()][::step][: n_examples]

@@ -76,6 +76,14 @@ class RMStage(TrainedStage):
 
 
 @dataclass
+class PPOAlarms:                                 # thresholds of rlhf.eval.alarms
+    window: int = size()                         # iterations the KL rate and the length are averaged over
+    kl_per_iteration: float = positive()         # nats of KL growth per iteration that warn
+    entropy_fraction: float = fraction()         # entropy below this share of its start warns
+    length_factor: float = key(ge=1)             # mean length outside [start / f, start * f] warns
+
+
+@dataclass
 class PPOStage(TrainedStage):
     reward_model: Optional[str] = MISSING        # an RM final/ (required to run)
     prompts: str = MISSING                       # data.files key of the RL prompts
@@ -92,6 +100,10 @@ class PPOStage(TrainedStage):
     vf_coef: float = nonneg()
     ema_decay: Optional[float] = fraction()
     critic_warmup_iterations: int = nonneg()     # first N iterations train the value model only
+    eval_every: int = nonneg()                   # judge's validation win rate every N iterations; 0: never
+    eval_prompts: str = MISSING                  # data.files key of the validation prompts
+    max_eval_prompts: int = size()
+    alarms: PPOAlarms = MISSING
     log_samples_every: int = nonneg()            # 0: never
     log_samples: int = nonneg()
     optim: PPOOptim = MISSING

@@ -10,18 +10,24 @@ RM) from ``stage.reward_model``. Dropout is off in all four. ``export`` writes t
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoTokenizer
 
+from rlhf import feedback
 from rlhf.algos.kl import AdaptiveKLController, FixedKLController
+from rlhf.data.formats import read_jsonl
 from rlhf.data.prompts import PromptDataModule
 from rlhf.data.sources import data_file
+from rlhf.eval.monitor import PPOMonitor
 from rlhf.handoff import save_hf
 from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout, weights_source
 from rlhf.models.reward import load_reward_model
 from rlhf.modules.ppo import PPOModule
+
+log = logging.getLogger(__name__)
 
 
 def kl_controller(kl: DictConfig):
@@ -62,9 +68,24 @@ def setup(cfg: DictConfig, sdir: Path):
     module = PPOModule(policy, copy.deepcopy(policy), rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")
+    callbacks = [monitor(cfg, sdir, tok)]
     module.export_info = {"reward_model": str(st.reward_model), "ema_decay": st.ema_decay,
                           "kl": OmegaConf.to_container(cfg.kl), "ptx": OmegaConf.to_container(cfg.ptx)}
-    return module, dm, tok, []
+    return module, dm, tok, callbacks
+
+
+def monitor(cfg: DictConfig, sdir: Path, tok) -> PPOMonitor:
+    """The alarms, with the judge's validation win rate when ``stage.eval_prompts`` names a file."""
+    st, key = cfg.stage, cfg.stage.eval_prompts
+    prompts = []
+    if st.eval_every and cfg.data.files.get(key):
+        prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, key), "prompt")][: st.max_eval_prompts]
+    elif st.eval_every:
+        log.warning("stage.eval_every=%d but data.files.%s is not set: no validation win rate (and no "
+                    "reward-hacking alarm); the other alarms run", st.eval_every, key)
+    judge = feedback.load(cfg.judge) if prompts else None  # a bad judge fails here, before any iteration
+    return PPOMonitor(judge, prompts, tok, cfg.data.template, st.max_new_tokens, st.temperature, st.eval_every,
+                      st.alarms, sdir / "alarms.jsonl", seed=cfg.seed)
 
 
 def export(module: PPOModule, tok, out_dir: Path, info: dict) -> Path:

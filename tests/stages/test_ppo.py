@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import make_config, tiny_sft_and_rm
+from rlhf.data.formats import write_jsonl
 from rlhf.handoff import metrics_rows
 from rlhf.models.reward import load_reward_model
 from rlhf.train import train
@@ -265,3 +266,22 @@ def test_non_finite_values_stop_the_run_naming_tensor_and_iteration(ppo, monkeyp
     with pytest.raises(FloatingPointError, match=rf"PPO iteration 1: .* in {name} "):
         train(make_config([*ppo, "trainer.max_steps=3", "stage.minibatch_size=8", "stage.missing_eos_penalty=null",
                            f"run_name=nan_{name}"]))
+
+
+def test_monitor_judges_a_validation_win_rate_and_raises_alarms_without_changing_training(ppo, tmp_path):
+    judge = tmp_path / "judge.py"
+    judge.write_text("def prefer(prompt, a, b):\n    return 0.5 + 0.5 * ((len(a) > len(b)) - (len(a) < len(b)))\n")
+    val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": f"reverse: {w} dog sun"} for w in ("cat", "red", "one", "two")])
+    watched = [*ppo, f"data.files.prompts_val={val}", "judge=custom", f"judge.target={judge}:prefer",
+               "stage.eval_every=1", "stage.alarms.entropy_fraction=1.0",  # any fall of entropy fires
+               "stage.max_new_tokens=16", "trainer.max_steps=2", "run_name=on"]
+    _, a = train(make_config(watched))
+    _, b = train(make_config([*ppo, "stage.eval_every=0", "stage.max_new_tokens=16", "trainer.max_steps=2", "run_name=off"]))
+    for (name, p), q in zip(a["module"].named_parameters(), b["module"].parameters()):
+        assert torch.equal(p, q), name  # the monitor samples from its own random stream
+    rows = [r for r in metrics_rows(tmp_path / "on" / "ppo") if r.get("train/val_win_rate")]
+    assert len(rows) == 2 and all(0 <= float(r["train/val_win_rate"]) <= 1 for r in rows)
+    raised = [json.loads(line) for line in open(tmp_path / "on" / "ppo" / "alarms.jsonl")]
+    assert [r["alarm"] for r in raised] == ["entropy_collapse"] and raised[0]["iteration"] == 1  # 5.68811 -> 5.68798
+    assert "token entropy fell" in raised[0]["message"]
+    assert not (tmp_path / "off" / "ppo" / "alarms.jsonl").exists()
