@@ -4,16 +4,17 @@ The signs users look for when a policy starts to exploit its reward model, each 
 in ``stage.alarms`` (conf/stage/ppo.yaml):
 
     reward_hacking  the RM score rose since the best validation win rate while the judge's win
-                    rate against SFT fell below it (the upper end of the latest 95% interval is
-                    under the best point estimate, so a noisy small sample does not fire it)
-    kl_growth       KL to SFT grew by more than ``kl_per_iteration`` nats per iteration, on
-                    average over the last ``window`` iterations
+                    rate against SFT fell below it: the latest 95% interval lies wholly under the
+                    best one's (non-overlapping intervals, so a small noisy sample does not fire it)
+    kl_growth       KL to SFT grew by more than ``kl_per_iteration`` nats per iteration: the mean
+                    over the last ``window`` iterations against the mean over the window before
+                    (single iterations' KL is too noisy to difference)
     entropy_collapse  mean token entropy fell below ``entropy_fraction`` of the first iteration's
     length_drift    mean response length over the last ``window`` iterations left
                     [first / ``length_factor``, first * ``length_factor``], first = the first window's
 
 ``history`` rows are one PPO iteration each: ``{"iteration", "score", "kl", "entropy", "length"}``;
-``evals`` rows one validation judgement each: ``{"iteration", "win_rate", "win_hi", "score"}``.
+``evals`` rows one validation judgement each: ``{"iteration", "win_rate", "win_lo", "win_hi", "score"}``.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def kl_growth(history: list[dict], window: int, kl_per_iteration: float) -> str | None:
-    if len(history) <= window:
+    if len(history) < 2 * window:
         return None
-    now, then = history[-1], history[-1 - window]
-    rate = (now["kl"] - then["kl"]) / (now["iteration"] - then["iteration"])
+    then, now = _mean(history[-2 * window:-window], "kl"), _mean(history[-window:], "kl")
+    rate = (now - then) / window
     if rate > kl_per_iteration:
-        return (f"KL to SFT grew {rate:.3f} nats per iteration over the last {window} iterations "
-                f"({then['kl']:.2f} -> {now['kl']:.2f}; threshold {kl_per_iteration})")
+        return (f"KL to SFT grew {rate:.3f} nats per iteration (mean of the last {window} iterations "
+                f"{now:.2f}, of the {window} before {then:.2f}; threshold {kl_per_iteration})")
     return None
 
 
@@ -58,10 +59,11 @@ def reward_hacking(evals: list[dict]) -> str | None:
         return None
     best = max(evals[:-1], key=lambda e: e["win_rate"])
     now = evals[-1]
-    if now["score"] > best["score"] and now["win_hi"] < best["win_rate"]:
+    if now["score"] > best["score"] and now["win_hi"] < best["win_lo"]:
         return (f"RM score rose ({best['score']:.3f} -> {now['score']:.3f}) while the judge's win rate "
                 f"against SFT fell ({best['win_rate']:.3f} at iteration {best['iteration']} -> "
-                f"{now['win_rate']:.3f}, 95% CI up to {now['win_hi']:.3f}): the policy may be exploiting the RM")
+                f"{now['win_rate']:.3f}; 95% intervals [{best['win_lo']:.3f}, {best['win_hi']:.3f}] and "
+                f"[{now['win_lo']:.3f}, {now['win_hi']:.3f}]): the policy may be exploiting the RM")
     return None
 
 

@@ -47,6 +47,14 @@ class PPOMonitor(pl.Callback):
             torch.manual_seed(seed)
             return [r[0] for r in sample(model, self.tok, self.prompts, self.template, n=1, **self.sampling)]
 
+    @staticmethod
+    def _log(trainer, metrics: dict, it: int) -> None:
+        """Straight to the loggers at the iteration's step: one row where it was measured (self.log
+        would repeat the last value on every later step's row)."""
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=it)
+
     def on_train_start(self, trainer, module) -> None:
         if self.prompts and self.sft is None:
             self.sft = self._answers(module.reference, self.seed)
@@ -61,11 +69,11 @@ class PPOMonitor(pl.Callback):
             recent = self.history[-self.th.window:]
             self.evals.append({"iteration": it, "win_rate": win, "win_lo": lo, "win_hi": hi,
                                "score": sum(r["score"] for r in recent) / len(recent)})
-            module.log("train/val_win_rate", win, batch_size=len(self.prompts))
+            self._log(trainer, {"train/val_win_rate": win, "train/val_win_rate_lo": lo, "train/val_win_rate_hi": hi}, it)
         found = alarms.check(self.history, self.evals, self.th)
         for name, message in found.items():
             if name not in self.active:
-                module.log(f"alarm/{name}", 1.0)
+                self._log(trainer, {f"alarm/{name}": 1.0}, it)
                 if trainer.is_global_zero:
                     log.warning("PPO iteration %d: alarm %s: %s", it, name, message)
                     with open(self.path, "a", encoding="utf-8") as f:

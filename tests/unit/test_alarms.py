@@ -15,14 +15,15 @@ def run(n=40, kl=lambda i: 0.03 * i, entropy=lambda i: 2.0 - 0.01 * i, length=la
 
 
 def test_a_healthy_run_raises_nothing():
-    evals = [{"iteration": 19, "win_rate": 0.55, "win_hi": 0.67, "score": 0.1},
-             {"iteration": 39, "win_rate": 0.52, "win_hi": 0.64, "score": 0.3}]  # within noise
-    assert alarms.check(run(), evals, TH) == {}
+    evals = [{"iteration": 19, "win_rate": 0.66, "win_lo": 0.54, "win_hi": 0.77, "score": 0.1},
+             {"iteration": 39, "win_rate": 0.45, "win_lo": 0.33, "win_hi": 0.57, "score": 0.3}]  # overlapping
+    noisy_kl = run(kl=lambda i: 0.03 * i + (0.8 if i % 7 == 0 else 0.0))  # single-iteration spikes
+    assert alarms.check(noisy_kl, evals, TH) == {}
 
 
 def test_kl_growing_faster_than_the_threshold_fires():
     found = alarms.check(run(kl=lambda i: 0 if i < 30 else 0.5 * (i - 30)), [], TH)
-    assert set(found) == {"kl_growth"} and "0.450 nats per iteration" in found["kl_growth"]  # (4.5 - 0) / 10
+    assert set(found) == {"kl_growth"} and "0.225 nats per iteration" in found["kl_growth"]  # (2.25 - 0) / 10
 
 
 def test_entropy_collapse_fires_below_its_fraction_of_the_start():
@@ -37,9 +38,9 @@ def test_length_drift_fires_either_way():
 
 
 def test_rm_score_up_while_the_judges_win_rate_falls_is_reward_hacking():
-    best = {"iteration": 19, "win_rate": 0.62, "win_hi": 0.74, "score": 0.2}
-    fell = {"iteration": 39, "win_rate": 0.40, "win_hi": 0.52, "score": 0.6}
+    best = {"iteration": 19, "win_rate": 0.68, "win_lo": 0.59, "win_hi": 0.76, "score": 0.2}
+    fell = {"iteration": 39, "win_rate": 0.40, "win_lo": 0.31, "win_hi": 0.49, "score": 0.6}
     found = alarms.check(run(), [best, fell], TH)
-    assert set(found) == {"reward_hacking"} and "0.620 at iteration 19 -> 0.400" in found["reward_hacking"]
+    assert set(found) == {"reward_hacking"} and "0.680 at iteration 19 -> 0.400" in found["reward_hacking"]
     assert alarms.check(run(), [best, {**fell, "score": 0.1}], TH) == {}  # the RM score fell too: no exploit
-    assert alarms.check(run(), [best, {**fell, "win_hi": 0.7}], TH) == {}  # within the interval: noise
+    assert alarms.check(run(), [best, {**fell, "win_hi": 0.6}], TH) == {}  # the intervals overlap: noise
