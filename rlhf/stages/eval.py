@@ -47,6 +47,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     ref_loss = text_loss(ref, ref_tok, texts, max_tokens)
     responses, stats = {}, {}
     for name, (path, tmpl) in runs.items():  # one model in memory at a time, beside the reference
+        torch.manual_seed(cfg.seed)  # each model's samples depend on it and the seed, not on the others'
         tok, model = AutoTokenizer.from_pretrained(path), load_causal_lm(path, cfg)
         outs = sample(model, tok, prompts, tmpl, n=st.samples_per_prompt,
                       max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
@@ -63,9 +64,12 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         from rlhf.models.reward import load_reward_model
         rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
         rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
-    metrics, rng = {}, random.Random(cfg.seed)
+    metrics = {}
     for name, res in responses.items():
-        m = {"win_rate": mean_ci(judge_pairs(judge, flat, res, responses[st.reference], rng))}
+        # a fresh judge and order per method: each method's win rate depends on its own samples, the
+        # seed and the judge, not on which methods were judged before it (the same noise for all)
+        judge = feedback.load(cfg.judge)
+        m = {"win_rate": mean_ci(judge_pairs(judge, flat, res, responses[st.reference], random.Random(cfg.seed)))}
         if gold:
             from rlhf.data.world.gold import gold_prefer, gold_score
             m["gold"] = mean_ci([gold_score(p, r) for p, r in zip(flat, res)])
