@@ -70,6 +70,13 @@ def compare(name: str, old, new, rounds: int) -> dict:
     return {"old": m_old, "new": m_new, "ratio": ratio}
 
 
+def compare_steps(name: str, step, model, opt, batches: dict, rounds: int) -> dict:
+    """:func:`compare` of training ``step`` over the old layout's batches (``batches[False]``) and
+    the new one's (``batches[True]``)."""
+    return compare(name, lambda: [step(model, opt, b) for b in batches[False]],
+                   lambda: [step(model, opt, b) for b in batches[True]], rounds)
+
+
 def rm_section(args, run: Path, tok, device) -> None:
     recs = read_jsonl(run / "collect" / "comparisons_train.jsonl", "comparison")[:args.rm_batch * 4]
     data = encode_comparisons(recs, tok, TEMPLATE, 96, 48, Counts())
@@ -91,9 +98,7 @@ def rm_section(args, run: Path, tok, device) -> None:
     print(f"  token slots per batch, prompt shared: {shared / len(batches[True]):.0f} "
           f"({shared / plain:.0%} of the above; {(C + P) / shared:.0%} real tokens)")
 
-    def steps(shared_layout: bool):
-        return lambda: [rm_step(model, opt, b) for b in batches[shared_layout]]
-    t = compare(f"{len(batches[True])} RM steps", steps(False), steps(True), args.rounds)
+    t = compare_steps(f"{len(batches[True])} RM steps", rm_step, model, opt, batches, args.rounds)
     print(f"  comparisons (prompts) per second: old {len(data) / t['old']:.0f}, new {len(data) / t['new']:.0f}")
 
 
@@ -160,9 +165,7 @@ def lm_section(args, run: Path, tok, device) -> None:
         print(f"(3) LM step, {name}: real tokens are {real / slots[False]:.0%} of a padded batch's slots, "
               f"{real / slots[True]:.0%} of a packed one's")
 
-        def steps(packed: bool):
-            return lambda: [lm_step(model, opt, b) for b in batches[packed]]
-        t = compare(f"{len(batches[True])} steps", steps(False), steps(True), args.rounds)
+        t = compare_steps(f"{len(batches[True])} steps", lm_step, model, opt, batches, args.rounds)
         print(f"  trained tokens/s: old {real / t['old']:.0f}, new {real / t['new']:.0f}")
 
 
