@@ -18,7 +18,7 @@ from rlhf.handoff import is_finished, stage_dir
 READS = {
     "lm": ("stage", "model", "data", "trainer", "init", "seed"),
     "rm": ("stage", "model", "data", "trainer", "init", "seed"),
-    "ppo": ("stage", "model", "data", "trainer", "init", "seed", "kl", "ptx"),
+    "ppo": ("stage", "model", "data", "trainer", "init", "seed", "kl", "ptx", "judge"),  # judge: the export pick
     "collect": ("stage", "data", "init", "seed", "labeler"),
     "select": ("stage", "data", "init", "seed"),
     "bestofn": ("stage", "data", "init", "seed", "judge"),
@@ -30,7 +30,7 @@ NOT_RESULTS = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "stag
                "stage.log_samples", "stage.log_samples_every", "data.dir", "data.files", "data.name",
                "model.pretrain_lr",
                "stage.shared_prompt", "stage.pack", "ptx.pack",  # layouts: the same result to float tolerance
-               "stage.eval_every", "stage.eval_prompts", "stage.max_eval_prompts", "stage.alarms")  # PPO's monitor
+               "stage.alarms")  # PPO's monitor (its eval_every and prompts pick the exported checkpoint)
 
 
 class PlannedStep(NamedTuple):

@@ -86,6 +86,7 @@ class PPOAlarms:                                 # thresholds of rlhf.eval.alarm
 @dataclass
 class PPOStage(TrainedStage):
     reward_model: Optional[str] = MISSING        # an RM final/ (required to run)
+    reference: Optional[str] = None              # the KL's reference policy; null: init
     prompts: str = MISSING                       # data.files key of the RL prompts
     iterations: Optional[int] = size()           # null: until trainer.max_steps
     minibatch_size: int = size()                 # episodes per optimizer step; divides batch_size
@@ -103,6 +104,8 @@ class PPOStage(TrainedStage):
     eval_every: int = nonneg()                   # judge's validation win rate every N iterations; 0: never
     eval_prompts: str = MISSING                  # data.files key of the validation prompts
     max_eval_prompts: int = size()
+    export_pick: str = key(choices=("best", "last"))  # rlhf.eval.selection: the judge's best candidate, or the end
+    kl_budget: Optional[float] = positive()      # without a judge: best RM score within this KL to SFT
     alarms: PPOAlarms = MISSING
     log_samples_every: int = nonneg()            # 0: never
     log_samples: int = nonneg()
@@ -114,7 +117,9 @@ class PPOStage(TrainedStage):
 class CollectStage(Stage):
     train_prompts: str = MISSING                 # data.files keys
     val_prompts: str = MISSING
+    max_train_prompts: Optional[int] = size(None)  # null: all
     max_val_prompts: int = size()
+    earlier: Optional[str] = None                # an earlier round's comparisons_train.jsonl, kept first
     num_samples: int = key(ge=2, le=9)           # K, the paper's 4..9; the comparisons format allows 2..9
     temperature: float = positive()
 
@@ -149,6 +154,7 @@ class EvalStage(Stage):
     max_prompts: int = size()
     max_pretrain_texts: int = size()
     samples_per_prompt: int = size()
+    best_of_n: int = nonneg()                    # the reference's best of n by the RM as a baseline; 0: off
     temperature: float = positive()
 
 
@@ -194,6 +200,7 @@ class KL:
     controller: str = key(choices=("fixed", "adaptive"))
     coef: float = nonneg()                       # beta
     target: Optional[float] = positive(None)     # adaptive: target KL per response, nats
+    target_best_of_n: Optional[int] = key(None, ge=2)  # adaptive, target null: best-of-n's KL, log n - (n-1)/n
     horizon: Optional[int] = size(None)          # adaptive: episodes
 
 

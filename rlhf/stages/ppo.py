@@ -4,25 +4,30 @@
     rlhf-train stage=ppo ... ptx=paper kl=adaptive        # PPO-ptx, adaptive beta
 
 Four models: the policy (trainable) and the reference (frozen copy) from ``init`` (an SFT
-``final/``); the RM (frozen) and the value model (trainable copy, paper: initialised from the
+``final/``; in a later round of iterated RLHF the policy continues from the last round's and
+``stage.reference`` keeps the KL to SFT); the RM (frozen) and the value model (trainable copy, paper: initialised from the
 RM) from ``stage.reward_model``. Dropout is off in all four. ``export`` writes the EMA policy.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoTokenizer
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf import feedback
 from rlhf.algos.kl import AdaptiveKLController, FixedKLController
 from rlhf.data.formats import read_jsonl
 from rlhf.data.prompts import PromptDataModule
 from rlhf.data.sources import data_file
+from rlhf.eval import selection
 from rlhf.eval.monitor import PPOMonitor
-from rlhf.handoff import save_hf
+from rlhf.handoff import save_hf, save_json
 from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout, weights_source
 from rlhf.models.reward import load_reward_model
 from rlhf.modules.ppo import PPOModule
@@ -34,8 +39,19 @@ def kl_controller(kl: DictConfig):
     if kl.controller == "fixed":
         return FixedKLController(kl.coef)
     if kl.controller == "adaptive":
-        return AdaptiveKLController(kl.coef, kl.target, kl.horizon)
+        return AdaptiveKLController(kl.coef, kl_target(kl), kl.horizon)
     raise ValueError(f"kl.controller={kl.controller!r}: expected 'fixed' or 'adaptive'")
+
+
+def kl_target(kl: DictConfig) -> float:
+    """``kl.target``, or, when that is null, the KL of best-of-n sampling, log n - (n-1)/n
+    (Stiennon et al. 2020): a budget that spends on PPO what the cheap alternative spends."""
+    if kl.get("target") is not None:
+        return kl.target
+    if kl.get("target_best_of_n"):
+        n = kl.target_best_of_n
+        return math.log(n) - (n - 1) / n
+    raise ValueError("kl.controller=adaptive needs kl.target (nats) or kl.target_best_of_n")
 
 
 def _check(cfg: DictConfig) -> None:
@@ -54,7 +70,12 @@ def setup(cfg: DictConfig, sdir: Path):
         raise ValueError(f"the reward model {st.reward_model} and the policy {weights_source(cfg)} "
                          "have different tokenizers")
     policy, rm = build_causal_lm(cfg, tok), load_reward_model(st.reward_model)
-    for m in (policy, rm):
+    reference = copy.deepcopy(policy)
+    if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
+        if AutoTokenizer.from_pretrained(st.reference).get_vocab() != tok.get_vocab():
+            raise ValueError(f"stage.reference={st.reference} and the policy {weights_source(cfg)} have different tokenizers")
+        reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
+    for m in (policy, reference, rm):
         set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
     steps_per_iteration = st.ppo_epochs * (st.batch_size // st.minibatch_size)
     ptx_on = cfg.ptx.coef > 0
@@ -65,11 +86,16 @@ def setup(cfg: DictConfig, sdir: Path):
         ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
         max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
         pack_ptx=cfg.ptx.pack)
-    module = PPOModule(policy, copy.deepcopy(policy), rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
+    module = PPOModule(policy, reference, rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")
     callbacks = [monitor(cfg, sdir, tok)]
-    module.export_info = {"reward_model": str(st.reward_model), "ema_decay": st.ema_decay,
+    module.monitor = callbacks[0]  # export reads its candidates
+    if cfg.kl.controller == "adaptive":
+        log.info("adaptive KL controller: target %.3f nats per response", kl_target(cfg.kl))
+    module.export_info = {"reward_model": str(st.reward_model), "reference": str(st.reference or weights_source(cfg)),
+                          "ema_decay": st.ema_decay,
+                          "export_pick": st.export_pick, "kl_budget": st.kl_budget,
                           "kl": OmegaConf.to_container(cfg.kl), "ptx": OmegaConf.to_container(cfg.ptx)}
     return module, dm, tok, callbacks
 
@@ -85,9 +111,26 @@ def monitor(cfg: DictConfig, sdir: Path, tok) -> PPOMonitor:
                     "reward-hacking alarm); the other alarms run", st.eval_every, key)
     judge = feedback.load(cfg.judge) if prompts else None  # a bad judge fails here, before any iteration
     return PPOMonitor(judge, prompts, tok, cfg.data.template, st.max_new_tokens, st.temperature, st.eval_every,
-                      st.alarms, sdir / "alarms.jsonl", seed=cfg.seed)
+                      st.alarms, sdir / "alarms.jsonl", seed=cfg.seed, candidates_dir=sdir / "candidates",
+                      kl_budget=st.kl_budget)
 
 
 def export(module: PPOModule, tok, out_dir: Path, info: dict) -> Path:
+    """``final/``: the candidate ``stage.export_pick`` names (``rlhf.eval.selection``), or the
+    final policy when there are none (``eval_every=0``) or ``export_pick=last``."""
     info.update(module.export_info, kl_coef_final=module.kl_ctl.value)
-    return save_hf(module.export_model(), tok, out_dir, info)
+    mon, pick = getattr(module, "monitor", None), module.export_info["export_pick"]
+    chosen = mon.chosen() if mon is not None and pick == "best" else None
+    info["candidates"] = mon.candidates if mon is not None else []
+    if chosen is None:
+        why = ("export_pick=last" if pick == "last" else "stage.eval_every=0: no candidates" if not (mon and mon.every)
+               else "no candidate was kept")
+        info["selected"] = {"iterations": mon.history[-1]["iteration"] + 1 if mon and mon.history else None,
+                            "why": f"{why}: exported the final policy"}
+        return save_hf(module.export_model(), tok, out_dir, info)
+    c, src = chosen
+    info["selected"] = {**c, "why": selection.why(c, mon.candidates, mon.kl_budget)}
+    log.info("PPO %s", info["selected"]["why"])
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(src, out_dir)
+    return save_json(out_dir, info)

@@ -285,3 +285,29 @@ def test_monitor_judges_a_validation_win_rate_and_raises_alarms_without_changing
     assert [r["alarm"] for r in raised] == ["entropy_collapse"] and raised[0]["iteration"] == 1  # 5.68811 -> 5.68798
     assert "token entropy fell" in raised[0]["message"]
     assert not (tmp_path / "off" / "ppo" / "alarms.jsonl").exists()
+
+
+def test_the_exported_policy_is_the_candidate_the_judge_preferred(ppo, tmp_path, monkeypatch):
+    import rlhf.eval.monitor
+    from rlhf.handoff import read_provenance
+    verdicts = iter([[0.5] * 4, [1.0] * 4, [0.0] * 4])  # the judge prefers iteration 2's answers
+    monkeypatch.setattr(rlhf.eval.monitor, "judge_pairs", lambda *a: next(verdicts))
+    val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": f"reverse: {w} dog sun"} for w in ("cat", "red", "one", "two")])
+    base = [*ppo, f"data.files.prompts_val={val}", "stage.eval_every=1", "trainer.max_steps=3"]
+    _, run = train(make_config([*base, "run_name=best"]))
+    sdir = tmp_path / "best" / "ppo"
+    info = read_provenance(sdir / "final")
+    assert [(c["iterations"], c["win_rate"]) for c in info["candidates"]] == [(1, 0.5), (2, 1.0), (3, 0.0)]
+    assert info["selected"]["iterations"] == 2 and "best validation win rate" in info["selected"]["why"]
+    assert sorted(p.name for p in (sdir / "candidates").iterdir()) == ["iter_000002", "iter_000003"]  # pick + latest
+    final = AutoModelForCausalLM.from_pretrained(sdir / "final").state_dict()
+    chosen = AutoModelForCausalLM.from_pretrained(sdir / "candidates" / "iter_000002").state_dict()
+    last = run["module"].export_model().state_dict()
+    assert all(torch.equal(final[k], chosen[k]) for k in final)
+    assert any(not torch.equal(final[k], last[k]) for k in final)  # the EMA moved on after iteration 2
+
+    verdicts = iter([[0.5] * 4, [1.0] * 4, [0.0] * 4])
+    _, run = train(make_config([*base, "stage.export_pick=last", "run_name=last"]))
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "last" / "ppo" / "final").state_dict()
+    assert all(torch.equal(v, run["module"].export_model().state_dict()[k]) for k, v in final.items())
+    assert read_provenance(tmp_path / "last" / "ppo" / "final")["selected"]["iterations"] == 3

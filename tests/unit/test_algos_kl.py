@@ -60,3 +60,19 @@ def test_adaptive_controller_resumes():
     c.update(7.0, 512)
     resumed.update(7.0, 512)
     assert resumed.value == c.value
+
+
+def test_kl_budget_target_is_best_of_n_kl():
+    import math
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from rlhf.stages.ppo import kl_controller, kl_target
+    assert kl_target(OmegaConf.create({"target": None, "target_best_of_n": 8})) == pytest.approx(1.2044, abs=1e-4)
+    assert kl_target(OmegaConf.create({"target": 3.0, "target_best_of_n": 8})) == 3.0  # an explicit target wins
+    ctl = kl_controller(OmegaConf.create({"controller": "adaptive", "coef": 0.02, "target": None,
+                                          "target_best_of_n": 2, "horizon": 100}))
+    assert ctl.target == pytest.approx(math.log(2) - 0.5)
+    with pytest.raises(ValueError, match="kl.target"):
+        kl_target(OmegaConf.create({"target": None, "target_best_of_n": None}))

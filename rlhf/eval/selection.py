@@ -1,0 +1,42 @@
+"""Which PPO checkpoint to export: the one the user's judge prefers on validation prompts.
+
+The paper chose its checkpoints by labelers' preferences on validation prompts, not by RM score:
+RM score keeps rising after the policy stops getting better (over-optimisation). PPO keeps a
+candidate every ``stage.eval_every`` iterations and at its end (``rlhf.eval.monitor``), and
+``stage.export_pick=best`` exports the pick of :func:`pick`; ``last`` exports the final policy.
+
+A candidate is ``{"iterations", "score", "kl", "win_rate", "win_lo", "win_hi"}``: iterations
+trained, the RM score and KL to SFT averaged over the window before it, and the judge's win rate
+against SFT on the validation prompts (``None`` without a judge).
+"""
+from __future__ import annotations
+
+
+def pick(candidates: list[dict], kl_budget: float | None = None) -> dict:
+    """The candidate to export.
+
+    With judged candidates: the best validation win rate (the later one on a tie). Without a
+    judge: the best RM score among those within ``kl_budget`` nats of SFT (all, if None); if none
+    is within the budget, the one closest to SFT.
+    """
+    if not candidates:
+        raise ValueError("no PPO candidates to pick from")
+    judged = [c for c in candidates if c.get("win_rate") is not None]
+    if judged:
+        return max(judged, key=lambda c: (c["win_rate"], c["iterations"]))
+    within = [c for c in candidates if kl_budget is None or c["kl"] <= kl_budget]
+    if not within:
+        return min(candidates, key=lambda c: c["kl"])
+    return max(within, key=lambda c: (c["score"], c["iterations"]))
+
+
+def why(chosen: dict, candidates: list[dict], kl_budget: float | None) -> str:
+    """One sentence for the log, rlhf.json and the report."""
+    n, it = len(candidates), chosen["iterations"]
+    if chosen.get("win_rate") is not None:
+        return (f"exported iteration {it} of {n} candidates: best validation win rate against SFT "
+                f"{chosen['win_rate']:.3f} [{chosen['win_lo']:.3f}, {chosen['win_hi']:.3f}] by the judge")
+    budget = f" within the KL budget of {kl_budget} nats" if kl_budget is not None else ""
+    if kl_budget is not None and chosen["kl"] > kl_budget:
+        return f"exported iteration {it} of {n} candidates: none was within the KL budget of {kl_budget}; the closest (KL {chosen['kl']:.2f})"
+    return f"exported iteration {it} of {n} candidates: no judge; best RM score {chosen['score']:.3f}{budget} (KL {chosen['kl']:.2f})"
