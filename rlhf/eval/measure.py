@@ -58,11 +58,13 @@ def text_loss(model, tok, texts: list[str], max_tokens: int, batch_size: int = 6
 
 
 @torch.no_grad()
-def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, batch_size: int = 32) -> torch.Tensor:
+def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, batch_size: int = 32,
+              max_group: int = 9) -> torch.Tensor:
     """(N,) normalised RM rewards of (prompt, response) pairs, in order.
 
-    Consecutive pairs with the same prompt (a prompt's n samples) are scored as one group, the
-    prompt held once (the RM's shared-prompt rows); every reward is the one it gets alone.
+    Consecutive pairs with the same prompt (a prompt's n samples) are scored as groups of up to
+    ``max_group``, the prompt held once (the RM's shared-prompt rows; wider rows cost more than
+    they save); every reward is the one it gets alone.
     """
     from rlhf.data.comparisons import collate_comparisons
     from rlhf.models.reward import completion_rewards
@@ -70,7 +72,7 @@ def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, 
     groups = []
     for i, (p, r) in enumerate(zip(prompts, responses)):
         prompt_ids, response_ids = encode_pair(tok, p, r or " ", template)
-        if i and p == prompts[i - 1]:
+        if i and p == prompts[i - 1] and len(groups[-1]["completions"]) < max_group:
             groups[-1]["completions"].append(response_ids)
         else:
             groups.append({"prompt": prompt_ids, "completions": [response_ids]})

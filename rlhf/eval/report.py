@@ -17,13 +17,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rlhf.handoff import is_finished, metrics_rows, read_provenance  # noqa: E402
 
-METHODS = ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's order, plus a larger beta
+METHODS = ["base", "prompted", "sft", "best_of_n", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's, + baselines
 PPO_RUNS = ["ppo", "ppo_ptx", "ppo_beta"]
 FIGURES = ["win_rate.png", "ppo_training.png", "alignment_tax.png", "ppo_phases.png"]
 PHASES = ["generation", "policy_pass", "reference_pass", "value_pass", "rm_pass", "advantages",
           "policy_update", "value_update", "ptx"]  # rlhf.modules.ppo's time/<phase>_s, in order
 MISMATCH = ["mismatch/abs", "mismatch/k3", "mismatch/ratio_spread"]
 BEST_OF_N = {"one_sample": "one sample", "rm_best": "RM's best of {n}", "judge_best": "judge's best of {n}"}
+
+
+def ppo_runs(run_dir: Path) -> list[str]:
+    """The run's PPO stage directories: the pipeline's three, then later rounds' (rounds=N) in order."""
+    later = sorted((d.name for d in run_dir.glob("ppo_ptx_r*") if d.name[9:].isdigit()), key=lambda n: int(n[9:]))
+    return [s for s in [*PPO_RUNS, *later] if (run_dir / s).is_dir()]
 
 
 def _info(run_dir: Path, stage: str) -> dict | None:
@@ -117,12 +123,15 @@ def plot_win_rates(table: dict, path: Path) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
-def plot_ppo(curves: dict[str, dict], path: Path) -> None:
+def plot_ppo(curves: dict[str, dict], path: Path, chosen: dict | None = None) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
     for stage, c in curves.items():
         for ax, key in zip(axes, ("train/score", "train/kl", "train/val_win_rate")):
             if c.get(key):
-                ax.plot(*zip(*c[key]), label=stage, marker="o" if key == "train/val_win_rate" else None)
+                line, = ax.plot(*zip(*c[key]), label=stage, marker="o" if key == "train/val_win_rate" else None)
+                pick = (chosen or {}).get(stage, {})
+                if key == "train/val_win_rate" and pick.get("win_rate") is not None:  # the exported checkpoint
+                    ax.plot(pick["iterations"] - 1, pick["win_rate"], "*", ms=14, color=line.get_color())
     for ax, title in zip(axes, ("RM score (normalised)", "KL to SFT (nats / response)",
                                 "judge's win rate vs SFT, validation prompts")):
         ax.set(xlabel="PPO iteration", title=title)
@@ -177,8 +186,32 @@ def phases_markdown(phases: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def selected_markdown(chosen: dict[str, dict]) -> list[str]:
+    """Which candidate each PPO run exported, and why (``rlhf.eval.selection``)."""
+    if not chosen:
+        return []
+    return ["## Exported PPO checkpoints", "", *(f"- **{s}**: {c['why']}" for s, c in chosen.items()), ""]
+
+
+def families_markdown(families: dict[str, dict], reference: str = "sft") -> list[str]:
+    """Gold score per task family (built-in world), each method's difference to the reference's."""
+    if reference not in families:
+        return []
+    names = list(families[reference])
+    lines = ["## Gold score by task family", "",
+             f"Mean gold score of each method's samples per family; in brackets the difference to {reference}'s.", "",
+             "| method | " + " | ".join(f"{f} (n={families[reference][f]['n']})" for f in names) + " |",
+             "|" + " --- |" * (len(names) + 1)]
+    for m, figs in families.items():
+        ref = families[reference]
+        lines.append(f"| {m} | " + " | ".join(
+            f"{figs[f]['gold']:.3f}" + ("" if m == reference else f" ({figs[f]['gold'] - ref[f]['gold']:+.3f})")
+            if f in figs else "–" for f in names) + " |")
+    return lines + [""]
+
+
 def plot_tax(table: dict, path: Path) -> None:
-    names = [m for m in PPO_RUNS if m in table]
+    names = [m for m in table if m.startswith("ppo")]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.bar(names, [table[m]["alignment_tax"][0] for m in names], color="#DD8452")
     ax.axhline(0, color="grey", lw=1)
@@ -194,19 +227,22 @@ def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = methods_table(ev["metrics"])
-    curves = {s: ppo_curves(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
-    phases = {s: ppo_phases(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
-    raised = {s: ppo_alarms(run_dir, s) for s in PPO_RUNS if (run_dir / s).is_dir()}
+    runs = ppo_runs(run_dir)
+    curves = {s: ppo_curves(run_dir, s) for s in runs}
+    phases = {s: ppo_phases(run_dir, s) for s in runs}
+    raised = {s: ppo_alarms(run_dir, s) for s in runs}
     stages = {s: (_info(run_dir, s) or {}).get("metrics") for s in ("collect", "rm", "bestofn")}
+    chosen = {s: info["selected"] for s in runs if (info := _info(run_dir, s)) and info.get("selected")}
     report = {"run": str(run_dir), "judge": ev.get("judge"), "n_prompts": ev.get("n_prompts"),
-              "samples_per_prompt": ev.get("samples_per_prompt"), "methods": table,
+              "samples_per_prompt": ev.get("samples_per_prompt"), "best_of_n_baseline": ev.get("best_of_n"),
+              "methods": table, "families": ev.get("families") or {}, "ppo_selected": chosen,
               "ppo_curves": curves, "ppo_phases": phases, "ppo_alarms": raised,
               **{s: m for s, m in stages.items() if m}}
     if bon := best_of_n(_info(run_dir, "bestofn")):
         report["best_of_n"] = bon
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_win_rates(table, out / FIGURES[0])
-    plot_ppo(curves, out / FIGURES[1])
+    plot_ppo(curves, out / FIGURES[1], chosen)
     plot_tax(table, out / FIGURES[2])
     plot_phases(phases, out / FIGURES[3])
     (out / "summary.md").write_text(summary_markdown(report, run_dir / "eval" / "samples.jsonl", n_examples))
@@ -221,7 +257,11 @@ def summary_markdown(report: dict, samples: Path, n_examples: int) -> str:
              "| method | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for m, figs in report["methods"].items():
         lines.append(f"| {m} | " + " | ".join(_fmt(figs.get(c), ci=c == "win_rate") for c in cols) + " |")
-    lines += ["", *(f"![{f}]({f})" for f in FIGURES), "", *best_of_n_markdown(report.get("best_of_n")),
+    if report.get("best_of_n_baseline"):
+        lines += ["", f"best_of_n: SFT's best of {report['best_of_n_baseline']} samples by the RM (the cheap alternative to "
+                  "PPO); its KL is the analytic log n - (n-1)/n."]
+    lines += ["", *selected_markdown(report.get("ppo_selected", {})), *families_markdown(report.get("families", {})),
+              *(f"![{f}]({f})" for f in FIGURES), "", *best_of_n_markdown(report.get("best_of_n")),
               *alarms_markdown(report.get("ppo_alarms", {})), *phases_markdown(report.get("ppo_phases", {})),
               "## Examples", ""]
     if samples.is_file():

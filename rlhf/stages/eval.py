@@ -6,11 +6,15 @@ For each model in ``stage.models`` (base, SFT, PPO, PPO-ptx; plus the base with 
 - gold score (built-in world only) and RM score (if ``stage.reward_model`` is set);
 - KL to the reference: mean over the model's own samples of log pi(y|x) - log pi_ref(y|x);
 - alignment tax: pretraining-validation loss minus the reference's.
+With ``stage.best_of_n`` = n and an RM, the cheap alternative to PPO is evaluated beside it:
+``best_of_n``, the reference's own best of n samples by the RM (its KL to the reference is the
+analytic log n - (n-1)/n). With the built-in world, each method's gold score per task family.
 Writes ``samples.jsonl`` (responses side by side) and ``final/rlhf.json`` (every figure).
 """
 from __future__ import annotations
 
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -64,7 +68,16 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         from rlhf.models.reward import load_reward_model
         rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
         rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
-    metrics = {}
+    if st.best_of_n and rm is not None:
+        torch.manual_seed(cfg.seed)
+        responses["best_of_n"] = best_of_n(ref, ref_tok, rm, rm_tok, prompts, st, cfg.data.max_response_tokens, template)
+        stats["best_of_n"] = {"kl_to_ref": (math.log(st.best_of_n) - (st.best_of_n - 1) / st.best_of_n,) * 3,
+                              "pretrain_val_loss": (ref_loss,) * 3, "alignment_tax": (0.0,) * 3}
+        runs["best_of_n"] = (ref_path, template)
+        log.info("eval: best of %d of %s's samples by the RM, for %d prompts", st.best_of_n, st.reference, len(flat))
+    elif st.best_of_n:
+        log.warning("stage.best_of_n=%d but stage.reward_model is not set: no best-of-n baseline", st.best_of_n)
+    metrics, families = {}, {}
     for name, res in responses.items():
         # a fresh judge and order per method: each method's win rate depends on its own samples, the
         # seed and the judge, not on which methods were judged before it (the same noise for all)
@@ -74,6 +87,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
             from rlhf.data.world.gold import gold_prefer, gold_score
             m["gold"] = mean_ci([gold_score(p, r) for p, r in zip(flat, res)])
             m["gold_win_rate"] = mean_ci([gold_prefer(p, a, b) for p, a, b in zip(flat, res, responses[st.reference])])
+            families[name] = family_gold(flat, res)
         if rm is not None:
             m["rm"] = mean_ci(rm_scores(rm, rm_tok, flat, res, template).tolist())
         m.update(stats[name])
@@ -83,5 +97,27 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     write_jsonl(sdir / "samples.jsonl", ({"prompt": p, **{n: responses[n][i] for n in runs}}
                                          for i, p in enumerate(flat)))
     save_json(sdir / "final", provenance(cfg, metrics, judge=feedback.describe(judge), models=dict(models),
-                                         n_prompts=len(prompts), samples_per_prompt=st.samples_per_prompt))
+                                         n_prompts=len(prompts), samples_per_prompt=st.samples_per_prompt,
+                                         best_of_n=st.best_of_n if "best_of_n" in responses else None,
+                                         families=families))
     return metrics
+
+
+def best_of_n(model, tok, rm, rm_tok, prompts: list[str], st, max_new_tokens: int, template: str) -> list[str]:
+    """For each prompt, ``samples_per_prompt`` picks, each the RM's best of ``best_of_n`` fresh samples."""
+    n, s = st.best_of_n, st.samples_per_prompt
+    groups = sample(model, tok, prompts, template, n=n * s, max_new_tokens=max_new_tokens, temperature=st.temperature)
+    cands = [g[j * n:(j + 1) * n] for g in groups for j in range(s)]  # flat order: prompt by prompt
+    flat = [p for p in prompts for _ in range(s * n)]
+    scores = rm_scores(rm, rm_tok, flat, [c for cs in cands for c in cs], template, max_group=n).view(len(cands), n)
+    return [cs[i] for cs, i in zip(cands, scores.argmax(-1).tolist())]
+
+
+def family_gold(prompts: list[str], responses: list[str]) -> dict[str, dict]:
+    """{family: {"gold": mean gold score, "n": responses}} of the built-in world's task families."""
+    from rlhf.data.world.gold import gold_score
+    from rlhf.data.world.tasks import family_of
+    by: dict[str, list[float]] = {}
+    for p, r in zip(prompts, responses):
+        by.setdefault(family_of(p), []).append(gold_score(p, r))
+    return {f: {"gold": sum(v) / len(v), "n": len(v)} for f, v in sorted(by.items())}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -74,26 +75,43 @@ def test_eval_and_report_hold_every_figure(tiny_run):
     from rlhf.eval.report import FIGURES, build_report
     from rlhf.train import train
 
+    from rlhf.handoff import read_provenance
+    from rlhf.models.reward import load_reward_model, set_normalization
+
     out, _ = tiny_run
     run = out / "p"
+    rm = load_reward_model(str(run / "sft" / "final"))  # an untrained score head: any RM scores
+    set_normalization(rm, 1.0, 0.0)
+    rm.save_pretrained(out / "rm")
+    shutil.copy(run / "sft" / "final" / "tokenizer.json", out / "rm")
+    shutil.copy(run / "sft" / "final" / "tokenizer_config.json", out / "rm")
     overrides = ["model=tiny", f"output_root={out}", "run_name=p", *TINY_WORLD, "stage=eval",
                  f"stage.models.base={run}/pretrain/final", f"stage.models.sft={run}/sft/final",
-                 f"stage.models.ppo={run}/sft/epochs/epoch_0", "stage.max_prompts=10", "stage.max_pretrain_texts=20"]
+                 f"stage.models.ppo={run}/sft/epochs/epoch_0", "stage.max_prompts=10", "stage.max_pretrain_texts=20",
+                 f"stage.reward_model={out / 'rm'}", "stage.best_of_n=3"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
         metrics, _ = train(compose("train", overrides=overrides))
-    for method in ("base", "prompted", "sft", "ppo"):
-        for fig in ("win_rate", "gold", "gold_win_rate", "kl_to_ref", "pretrain_val_loss", "alignment_tax"):
+    for method in ("base", "prompted", "sft", "best_of_n", "ppo"):
+        for fig in ("win_rate", "gold", "gold_win_rate", "rm", "kl_to_ref", "pretrain_val_loss", "alignment_tax"):
             assert f"{method}/{fig}" in metrics and f"{method}/{fig}_lo" in metrics, (method, fig)
     assert metrics["sft/win_rate"] == 0.5 and metrics["sft/kl_to_ref"] == 0.0  # against itself
     assert 0.0 <= metrics["base/win_rate_lo"] <= metrics["base/win_rate"] <= metrics["base/win_rate_hi"] <= 1.0
+    assert metrics["best_of_n/kl_to_ref"] == pytest.approx(math.log(3) - 2 / 3)
+    assert metrics["best_of_n/rm"] > metrics["sft/rm"]  # the RM's own pick scores higher by it
+    info = read_provenance(run / "eval" / "final")
+    assert info["best_of_n"] == 3 and set(info["families"]) == {"base", "prompted", "sft", "best_of_n", "ppo"}
+    for method, fams in info["families"].items():  # every sample counted in exactly one family
+        assert sum(f["n"] for f in fams.values()) == 10 * 2, method
+        assert sum(f["gold"] * f["n"] for f in fams.values()) / 20 == pytest.approx(metrics[f"{method}/gold"])
     report_dir = build_report(run)
     report = json.loads((report_dir / "report.json").read_text())
-    assert list(report["methods"]) == ["base", "prompted", "sft", "ppo"]
+    assert list(report["methods"]) == ["base", "prompted", "sft", "best_of_n", "ppo"]
     assert report["methods"]["ppo"]["alignment_tax"][0] == pytest.approx(metrics["ppo/alignment_tax"])
     for name in FIGURES:
         assert (report_dir / name).stat().st_size > 1000
     summary = (report_dir / "summary.md").read_text()
-    assert "| prompted |" in summary and "## Examples" in summary
+    assert "| prompted |" in summary and "## Examples" in summary and "## Gold score by task family" in summary
+    assert "| best_of_n |" in summary and "best of 3 samples by the RM" in summary
 
 
 def test_multirun_jobs_run_in_their_own_dirs(tmp_path):
