@@ -2,7 +2,8 @@
 
 pretrain (from-scratch presets only) -> SFT -> collect comparisons on the SFT policy's samples
 -> RM -> select the SFT epoch by RM score -> best-of-n check -> PPO, PPO-ptx and PPO with a
-larger beta -> evaluation -> report. :data:`STEPS` says what each step runs and which earlier
+larger beta -> (``rounds=N``: N-1 more rounds of collect on the current PPO-ptx policy -> RM on
+every comparison so far -> PPO-ptx continued, KL still to SFT; paper §3.4-3.5) -> evaluation -> report. :data:`STEPS` says what each step runs and which earlier
 output feeds which key; :func:`plan` composes and checks every step's config before the first
 one runs (the wiring first, then ``steps.<step>``, so the user wins). A finished step is skipped
 only if its recorded config matches the plan's; otherwise the pipeline stops and names the keys.
@@ -14,6 +15,7 @@ only if its recorded config matches the plan's; otherwise the pipeline stops and
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ class Step:
     overrides: tuple[str, ...] = ()                # what the step always needs
     inputs: dict[str, str] = field(default_factory=dict)
     optional: tuple[str, ...] = ()                 # inputs left unset when their step neither runs nor ran
+    own_files: bool = False                        # data.files.* inputs are wired even where the config sets them
 
 
 PPO_INPUTS = {"init": "policy", "stage.reward_model": "rm"}
@@ -63,6 +66,46 @@ STEPS = {
                  optional=("stage.models.ppo", "stage.models.ppo_ptx", "stage.models.ppo_beta", "stage.reward_model")),
     "report": Step(None),
 }
+ROUND = re.compile(r"^(collect|rm|ppo_ptx)_r([2-9]|[1-9]\d+)$")  # a later round's step: collect_r2, rm_r2, ...
+
+
+def step(name: str, rounds: int = 1) -> Step:
+    """The step called ``name``: one of :data:`STEPS` or a later round's (``<step>_r<round>``).
+
+    Round r collects comparisons on round r-1's PPO-ptx policy, adds them to every earlier
+    round's (``stage.earlier``), trains an RM on all of them from SFT (as the paper's RMs start),
+    and continues PPO-ptx from round r-1's policy against it, the KL still to SFT's policy."""
+    m = ROUND.match(name)
+    if not m:
+        if name == "eval" and rounds > 1:  # eval reads every round's policy too
+            later = {f"stage.models.ppo_ptx_r{r}": f"ppo_ptx_r{r}" for r in range(2, rounds + 1)}
+            base = STEPS["eval"]
+            return Step("eval", base.overrides, {**base.inputs, **later}, (*base.optional, *later))
+        return STEPS[name]
+    kind, r = m.group(1), int(m.group(2))
+    prev = "ppo_ptx" if r == 2 else f"ppo_ptx_r{r - 1}"
+    if kind == "collect":
+        earlier = "comparisons" if r == 2 else f"collect_r{r - 1}/comparisons_train.jsonl"
+        return Step("collect", (f"stage.name={name}",), {"init": prev, "stage.earlier": earlier})
+    if kind == "rm":
+        return Step("rm", (f"stage.name={name}",), {"init": "sft", **{
+            f"data.files.comparisons_{s}": f"collect_r{r}/comparisons_{s}.jsonl" for s in ("train", "val")}}, own_files=True)
+    return Step("ppo", ("ptx=paper", f"stage.name={name}"),
+                {"init": prev, "stage.reward_model": f"rm_r{r}", "stage.reference": "policy"})
+
+
+def with_rounds(order: list[str], rounds: int) -> list[str]:
+    """``run_order`` with the later rounds' steps before eval (or the report, or at the end)."""
+    if rounds <= 1:
+        return list(order)
+    if "ppo_ptx" not in order:
+        raise ConfigError(f"rounds={rounds}: later rounds continue the ppo_ptx step's policy, but run_order "
+                          f"{list(order)} does not run it")
+    later = [f"{s}_r{r}" for r in range(2, rounds + 1) for s in ("collect", "rm", "ppo_ptx")]
+    at = next((order.index(s) for s in ("eval", "report") if s in order), len(order))
+    return [*order[:at], *[s for s in later if s not in order], *order[at:]]
+
+
 # what a step's rlhf-train config leaves out (the pipeline's objective is a <step>/<metric>)
 PIPELINE_ONLY = [f for f in Pipeline.__dataclass_fields__ if f not in Train.__dataclass_fields__] + ["steps", "objective"]
 
@@ -70,6 +113,8 @@ PIPELINE_ONLY = [f for f in Pipeline.__dataclass_fields__ if f not in Train.__da
 def source(src: str, cfg: DictConfig) -> str | None:
     """The path an input comes from (``policy`` is read from ``select`` once that has run)."""
     run = Path(cfg.run_dir)
+    if src == "comparisons":  # what round 1's RM trained on: the user's file, or what collect wrote
+        return cfg.data.files.get("comparisons_train") or str(run / "collect" / "comparisons_train.jsonl")
     if src == "base":
         start = cfg.get("init") or cfg.model.get("pretrained")
         return start or (str(run / "pretrain" / "final") if "pretrain" in cfg.run_order else None)
@@ -86,44 +131,45 @@ def source(src: str, cfg: DictConfig) -> str | None:
 def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
     """One step's ``rlhf-train`` config: the user's overrides and the step's needs, its inputs
     wired, then ``steps.<name>`` merged over it; checked by :func:`rlhf.schema.validate`."""
-    step = STEPS[name]
+    this = step(name, cfg.rounds)
     user = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in PIPELINE_ONLY]
-    full = compose("pipeline", overrides=[*user, f"stage={step.stage}", *step.overrides])
+    full = compose("pipeline", overrides=[*user, f"stage={this.stage}", *this.overrides])
     step_cfg = OmegaConf.masked_copy(full, [k for k in full if k not in PIPELINE_ONLY])
     OmegaConf.set_struct(step_cfg, True)
-    for key, src in step.inputs.items():
+    for key, src in this.inputs.items():
         path, feeder = source(src, cfg), src.split("/")[0]
-        if key in step.optional and feeder not in cfg.run_order and not is_finished(Path(path).parent):
+        if key in this.optional and feeder not in cfg.run_order and not is_finished(Path(path).parent):
             continue  # e.g. eval's stage.models.ppo when no PPO step runs or ran
-        if key.startswith("data.files."):  # a file the user (or the world) names wins
+        if key.startswith("data.files.") and not this.own_files:  # a file the user (or the world) names wins
             path = OmegaConf.select(step_cfg, key) or path
             whose = f"written by step {feeder}" if Path(path) == Path(source(src, cfg)) else "your file"
             log.info("step %s reads %s=%s (%s)", name, key, path, whose)
         OmegaConf.update(step_cfg, key, path, force_add=True)
-    try:
-        overlay = cfg.steps.get(name)  # resolved here: it may point at another step's overlay
+    try:  # a later round's step takes its first round's overlay, then its own
+        overlays = [cfg.steps.get(n) for n in dict.fromkeys([ROUND.sub(r"\1", name), name])]
         with open_dict(step_cfg):  # new keys as with +key=: validate() allows them in trainer only
-            step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
+            for overlay in overlays:  # resolved here: it may point at another step's overlay
+                step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
         return validate(step_cfg)
     except Exception as e:  # noqa: BLE001 - an overlay's type error too: say which step
-        raise ConfigError(f"step {name!r} (steps.{name} over stage={step.stage}): {e}") from e
+        raise ConfigError(f"step {name!r} (steps.{name} over stage={this.stage}): {e}") from e
 
 
 def feeders(src: str) -> set[str]:
     """The steps an input source comes from."""
-    return {"base": {"pretrain"}, "policy": {"sft", "select"}}.get(src, {src.split("/")[0]})
+    return {"base": {"pretrain"}, "policy": {"sft", "select"}, "comparisons": {"collect"}}.get(src, {src.split("/")[0]})
 
 
-def upstream(name: str) -> set[str]:
+def upstream(name: str, rounds: int = 1) -> set[str]:
     """The steps whose outputs ``name`` reads."""
-    return set().union(*map(feeders, STEPS[name].inputs.values()))
+    return set().union(*map(feeders, step(name, rounds).inputs.values()))
 
 
-def dependents(names: set[str], order: list[str]) -> set[str]:
+def dependents(names: set[str], order: list[str], rounds: int = 1) -> set[str]:
     """``names`` and every step of ``order`` that reads their outputs, transitively."""
     out = set(names)
     for name in order:  # run_order follows the data flow, so one pass suffices
-        if upstream(name) & out:
+        if upstream(name, rounds) & out:
             out.add(name)
     return out
 
@@ -132,7 +178,7 @@ def missing_inputs(steps: list[PlannedStep], cfg: DictConfig) -> list[str]:
     """Inputs of steps about to run that no step of ``run_order`` makes and no earlier run made."""
     out = []
     for s in (s for s in steps if s.status in ("run", "rerun") and s.config is not None):
-        for key, src in STEPS[s.name].inputs.items():
+        for key, src in step(s.name, cfg.rounds).inputs.items():
             path = OmegaConf.select(s.config, key)
             made_here = path and path == source(src, cfg) and Path(path).is_relative_to(cfg.run_dir)
             if made_here and not feeders(src) & set(cfg.run_order) and not Path(path).exists():
@@ -145,13 +191,16 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
     """Every step of ``cfg.run_order`` with its composed, checked config and whether it runs.
     Fails in seconds on a bad key or value in any step, or on a finished step whose recorded
     config differs from the plan's (listing the keys and how to rerun it)."""
-    bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS]
+    bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS and not ROUND.match(s)]
     if bad:
-        raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}")
+        raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}, "
+                          "and a later round's collect_r<N>, rm_r<N>, ppo_ptx_r<N>")
+    with open_dict(cfg):
+        cfg.run_order = with_rounds(list(cfg.run_order), cfg.rounds)
     if set(cfg.rerun) - set(cfg.run_order):
         raise ConfigError(f"rerun={list(cfg.rerun)} names steps that run_order={list(cfg.run_order)} does not run")
     check_world(cfg.data)
-    rerun = dependents(set(cfg.rerun), list(cfg.run_order))
+    rerun = dependents(set(cfg.rerun), list(cfg.run_order), cfg.rounds)
     steps: list[PlannedStep] = []
     for name in cfg.run_order:
         if name == "report":
@@ -159,11 +208,11 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
         elif name == "pretrain" and source("base", cfg) != source("pretrain", cfg):
             steps.append(PlannedStep(name, None, "skip", f"the model starts from {source('base', cfg)}"))
         else:
-            runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name)]
-            step_cfg = step_config(cfg, overrides, name)
-            late = tuple(k for k, src in STEPS[name].inputs.items()  # wired to the epoch select picks, when it has
+            runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name, cfg.rounds)]
+            step_cfg, this = step_config(cfg, overrides, name), step(name, cfg.rounds)
+            late = tuple(k for k, src in this.inputs.items()  # wired to the epoch select picks, when it has
                          if src == "policy" and OmegaConf.select(step_cfg, k) == source("policy", cfg))
-            steps.append(check_finished(name, STEPS[name].stage, step_cfg, name in rerun, runs)._replace(late=late))
+            steps.append(check_finished(name, this.stage, step_cfg, name in rerun, runs)._replace(late=late))
     missing = missing_inputs(steps, cfg)
     if missing:
         raise ConfigError("\n".join(missing))

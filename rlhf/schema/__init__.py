@@ -58,6 +58,7 @@ class Pipeline(Train):
     run_dir_per_job: bool = True                 # a multirun job runs in its own job directory
     plan_only: bool = False                      # print the plan and stop
     rerun: List[str] = field(default_factory=list)  # steps to rerun from scratch, with what they feed
+    rounds: int = 1                              # iterated RLHF: rounds of collect -> RM -> PPO-ptx
 
 
 def register() -> None:

@@ -5,6 +5,8 @@ Writes ``comparisons_train.jsonl`` (from ``stage.train_prompts``) and ``comparis
 The paper collects most comparisons on its supervised policies' own samples; measured here
 (measured on the built-in world), offline comparisons leave the RM near chance on the policy's samples.
 Prompts whose samples are all identical give no comparison: they are dropped and counted.
+In a later round of iterated RLHF, ``stage.earlier`` names the previous round's
+``comparisons_train.jsonl``: its records come first, so the RM trains on every comparison so far.
 """
 from __future__ import annotations
 
@@ -51,11 +53,15 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     tok, model = AutoTokenizer.from_pretrained(cfg.init), load_causal_lm(cfg.init, cfg)
     labeler = feedback.load(cfg.labeler)
     metrics = {}
-    for split, key, limit in (("train", cfg.stage.train_prompts, None),
+    earlier = read_jsonl(cfg.stage.earlier, "comparison") if cfg.stage.earlier else []
+    for split, key, limit in (("train", cfg.stage.train_prompts, cfg.stage.max_train_prompts),
                               ("val", cfg.stage.val_prompts, cfg.stage.max_val_prompts)):
         prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, key), "prompt")][:limit]
         t0 = time.time()
         records, counts = collect(model, tok, labeler, prompts, cfg)
+        if split == "train" and earlier:
+            counts["earlier_comparisons"] = len(earlier)
+            records = [*earlier, *records]
         write_jsonl(sdir / f"comparisons_{split}.jsonl", records)
         log.info("collect %s: %s in %.1fs", split, counts, time.time() - t0)
         metrics.update({f"{split}/{k}": v for k, v in counts.items()})

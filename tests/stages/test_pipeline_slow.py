@@ -12,22 +12,39 @@ from test_pipeline import pipeline
 
 
 @pytest.mark.slow
-def test_whole_pipeline_on_the_tiny_preset(tmp_path):
+def test_whole_pipeline_on_the_tiny_preset_with_two_rounds(tmp_path):
+    from rlhf.data.formats import read_jsonl
+    from rlhf.handoff import read_provenance
+
     ppo = {"iterations": 3, "batch_size": 16, "minibatch_size": 8}
     extra = [f"+steps.{s}.stage.{k}={v}" for s in ("ppo", "ppo_ptx", "ppo_beta") for k, v in ppo.items()]
     results, _ = pipeline(tmp_path, "run_order=[pretrain,sft,collect,rm,select,bestofn,ppo,ppo_ptx,ppo_beta,eval,report]",
                           "+steps.eval.stage.max_prompts=10", "+steps.bestofn.stage.max_prompts=10",
-                          "+steps.select.stage.max_prompts=10", *extra)
-    assert set(results) == {"pretrain", "sft", "collect", "rm", "select", "bestofn", "ppo", "ppo_ptx", "ppo_beta", "eval"}
-    report = json.loads((tmp_path / "p" / "report" / "report.json").read_text())
-    assert list(report["methods"]) == ["base", "prompted", "sft", "ppo", "ppo_ptx", "ppo_beta"]
-    assert report["best_of_n"]["verdict"] and set(report["ppo_curves"]) == {"ppo", "ppo_ptx", "ppo_beta"}
+                          "+steps.select.stage.max_prompts=10", "rounds=2", "+steps.ppo_ptx_r2.stage.iterations=2", *extra)
+    assert set(results) == {"pretrain", "sft", "collect", "rm", "select", "bestofn", "ppo", "ppo_ptx", "ppo_beta",
+                            "collect_r2", "rm_r2", "ppo_ptx_r2", "eval"}
+    run = tmp_path / "p"
+    # round 2: comparisons on round 1's PPO-ptx policy, added to round 1's; the RM from SFT on all of them;
+    # PPO-ptx continued from round 1's policy with the KL still to SFT's (the epoch select chose)
+    first = read_jsonl(run / "collect" / "comparisons_train.jsonl", "comparison")
+    both = read_jsonl(run / "collect_r2" / "comparisons_train.jsonl", "comparison")
+    assert both[:len(first)] == first and len(both) > len(first)
+    collect2, rm2, ppo2 = (read_provenance(run / s / "final") for s in ("collect_r2", "rm_r2", "ppo_ptx_r2"))
+    assert collect2["init"] == str(run / "ppo_ptx" / "final") and rm2["init"] == str(run / "sft" / "final")
+    sft_pick = read_provenance(run / "select" / "final")["selected"]
+    assert ppo2["init"] == str(run / "ppo_ptx" / "final") and ppo2["reference"] == sft_pick
+    assert ppo2["reward_model"] == str(run / "rm_r2" / "final") and len(ppo2["candidates"]) == 1  # the last only
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert list(report["methods"]) == ["base", "prompted", "sft", "best_of_n", "ppo", "ppo_ptx", "ppo_beta", "ppo_ptx_r2"]
+    assert report["best_of_n"]["verdict"] and set(report["ppo_curves"]) == {"ppo", "ppo_ptx", "ppo_beta", "ppo_ptx_r2"}
+    assert report["ppo_selected"]["ppo_ptx_r2"]["iterations"] == 2
     phases = report["ppo_phases"]
     assert set(phases["ppo_ptx"]["seconds"]) == {"generation", "policy_pass", "reference_pass", "value_pass",
                                                  "rm_pass", "advantages", "policy_update", "value_update", "ptx"}
     assert "ptx" not in phases["ppo"]["seconds"] and max(phases["ppo"]["mismatch"].values()) < 1e-6
-    summary = (tmp_path / "p" / "report" / "summary.md").read_text()
-    assert "## PPO iterations: time per phase" in summary and "| ppo_ptx |" in summary
+    summary = (run / "report" / "summary.md").read_text()
+    assert "## PPO iterations: time per phase" in summary and "| ppo_ptx_r2 |" in summary
+    assert "## Exported PPO checkpoints" in summary and "## Gold score by task family" in summary
 
 
 @pytest.mark.slow

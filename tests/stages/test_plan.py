@@ -58,6 +58,31 @@ def test_every_step_reads_what_the_table_says(tmp_path):
     assert "run_order" not in steps["sft"].config and "steps" not in steps["sft"].config  # rlhf-train configs
 
 
+def test_rounds_add_later_rounds_before_eval_wired_to_the_previous_round(tmp_path, toy_data):
+    steps = planned(tmp_path, "rounds=3", "+steps.ppo_ptx.stage.iterations=7", "+steps.ppo_ptx_r3.stage.iterations=2")
+    run = tmp_path / "p"
+    assert list(steps)[-8:] == ["collect_r2", "rm_r2", "ppo_ptx_r2", "collect_r3", "rm_r3", "ppo_ptx_r3", "eval", "report"]
+    assert steps["collect_r2"].config.init == str(run / "ppo_ptx" / "final")
+    assert steps["collect_r2"].config.stage.earlier == str(run / "collect" / "comparisons_train.jsonl")
+    assert steps["collect_r3"].config.stage.earlier == str(run / "collect_r2" / "comparisons_train.jsonl")
+    rm3 = steps["rm_r3"].config  # from SFT, on every comparison so far (the world's own file does not win)
+    assert rm3.init == str(run / "sft" / "final")
+    assert rm3.data.files.comparisons_train == str(run / "collect_r3" / "comparisons_train.jsonl")
+    p3 = steps["ppo_ptx_r3"].config
+    assert p3.init == str(run / "ppo_ptx_r2" / "final") and p3.stage.reference == str(run / "sft" / "final")
+    assert p3.stage.reward_model == str(run / "rm_r3" / "final") and p3.stage.name == "ppo_ptx_r3"
+    assert p3.ptx.coef == 27.8 and p3.stage.iterations == 2 and steps["ppo_ptx_r2"].config.stage.iterations == 7
+    assert steps["eval"].config.stage.models.ppo_ptx_r3 == str(p3.stage_dir) + "/final"
+    # with the user's comparisons, round 2 keeps them as the earlier ones
+    files = [f"data.files.{k}={v}" for k, v in toy_data.items()] + [
+        "data=files", "rounds=2", "run_order=[sft,collect,rm,ppo_ptx]", "data.files.comparisons_train=/my/c.jsonl"]
+    steps = planned(tmp_path / "u", *files)
+    assert steps["rm"].config.data.files.comparisons_train == "/my/c.jsonl"
+    assert steps["collect_r2"].config.stage.earlier == "/my/c.jsonl"
+    with pytest.raises(ConfigError, match="rounds=2: later rounds continue the ppo_ptx step"):
+        planned(tmp_path / "v", "rounds=2", "run_order=[sft,collect,rm,ppo]")
+
+
 def test_an_overlay_on_a_wired_key_wins(tmp_path):
     steps = planned(tmp_path, "+steps.ppo.ptx.coef=0.5", "+steps.ppo.ptx.examples_per_episode=2", "+steps.rm.init=/my/sft",
                     "ptx.coef=3")
