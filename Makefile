@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: setup quickstart test test-slow bench gpu-check
+.PHONY: setup quickstart generalise test test-slow bench gpu-check
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 quickstart: setup
 	$(BIN)/rlhf-pipeline experiment=quickstart $(ARGS)
+
+# The generalisation protocol (docs/generalisation.md): the recipe on the choosing side's task
+# families, then on the held-out families, seed and labeler noise; each side's report/summary.md.
+generalise: setup
+	$(BIN)/rlhf-pipeline experiment=generalise_choose $(ARGS)
+	$(BIN)/rlhf-pipeline experiment=generalise_heldout $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
