@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import hydra
@@ -67,21 +67,31 @@ STEPS = {
     "report": Step(None),
 }
 ROUND = re.compile(r"^(collect|rm|ppo_ptx)_r([2-9]|[1-9]\d+)$")  # a later round's step: collect_r2, rm_r2, ...
+MEMBER = re.compile(r"^rm_m([2-9]|[1-9]\d+)$")  # another member of an RM ensemble: rm_m2, rm_m3, ...
 
 
-def step(name: str, rounds: int = 1) -> Step:
-    """The step called ``name``: one of :data:`STEPS` or a later round's (``<step>_r<round>``).
+def step(name: str, cfg: DictConfig | None = None) -> Step:
+    """The step called ``name``: one of :data:`STEPS`, a later round's (``<step>_r<round>``) or
+    another RM ensemble member (``rm_m<k>``), wired for ``cfg.rounds`` and ``cfg.rm_ensemble``.
 
     Round r collects comparisons on round r-1's PPO-ptx policy, adds them to every earlier
     round's (``stage.earlier``), trains an RM on all of them from SFT (as the paper's RMs start),
-    and continues PPO-ptx from round r-1's policy against it, the KL still to SFT's policy."""
+    and continues PPO-ptx from round r-1's policy against it, the KL still to SFT's policy.
+    Member k is the RM step again with seed + k - 1 (another head init and data order); round
+    one's PPO steps score with every member (``stage.ensemble``)."""
+    rounds, members = (cfg.get("rounds", 1), cfg.get("rm_ensemble", 1)) if cfg is not None else (1, 1)
+    if MEMBER.match(name):
+        return Step("rm", (f"stage.name={name}",), STEPS["rm"].inputs)
     m = ROUND.match(name)
     if not m:
+        base = STEPS[name]
+        if base.stage == "ppo" and members > 1:
+            return replace(base, inputs={**base.inputs, "stage.ensemble": "ensemble:" + ",".join(
+                f"rm_m{k}" for k in range(2, members + 1))})
         if name == "eval" and rounds > 1:  # eval reads every round's policy too
             later = {f"stage.models.ppo_ptx_r{r}": f"ppo_ptx_r{r}" for r in range(2, rounds + 1)}
-            base = STEPS["eval"]
-            return Step("eval", base.overrides, {**base.inputs, **later}, (*base.optional, *later))
-        return STEPS[name]
+            return replace(base, inputs={**base.inputs, **later}, optional=(*base.optional, *later))
+        return base
     kind, r = m.group(1), int(m.group(2))
     prev = "ppo_ptx" if r == 2 else f"ppo_ptx_r{r - 1}"
     if kind == "collect":
@@ -94,25 +104,36 @@ def step(name: str, rounds: int = 1) -> Step:
                 {"init": prev, "stage.reward_model": f"rm_r{r}", "stage.reference": "policy"})
 
 
-def with_rounds(order: list[str], rounds: int) -> list[str]:
-    """``run_order`` with the later rounds' steps before eval (or the report, or at the end)."""
-    if rounds <= 1:
-        return list(order)
-    if "ppo_ptx" not in order:
-        raise ConfigError(f"rounds={rounds}: later rounds continue the ppo_ptx step's policy, but run_order "
-                          f"{list(order)} does not run it")
-    later = [f"{s}_r{r}" for r in range(2, rounds + 1) for s in ("collect", "rm", "ppo_ptx")]
-    at = next((order.index(s) for s in ("eval", "report") if s in order), len(order))
-    return [*order[:at], *[s for s in later if s not in order], *order[at:]]
+def expand(order: list[str], rounds: int, members: int) -> list[str]:
+    """``run_order`` with the RM ensemble's other members after ``rm``, and the later rounds'
+    steps before eval (or the report, or at the end)."""
+    order = list(order)
+    if members > 1:
+        if "rm" not in order:
+            raise ConfigError(f"rm_ensemble={members}: the members are the rm step again, but run_order "
+                              f"{order} does not run it")
+        at = order.index("rm") + 1
+        order[at:at] = [f"rm_m{k}" for k in range(2, members + 1) if f"rm_m{k}" not in order]
+    if rounds > 1:
+        if "ppo_ptx" not in order:
+            raise ConfigError(f"rounds={rounds}: later rounds continue the ppo_ptx step's policy, but run_order "
+                              f"{order} does not run it")
+        later = [f"{s}_r{r}" for r in range(2, rounds + 1) for s in ("collect", "rm", "ppo_ptx")]
+        at = next((order.index(s) for s in ("eval", "report") if s in order), len(order))
+        order[at:at] = [s for s in later if s not in order]
+    return order
 
 
 # what a step's rlhf-train config leaves out (the pipeline's objective is a <step>/<metric>)
 PIPELINE_ONLY = [f for f in Pipeline.__dataclass_fields__ if f not in Train.__dataclass_fields__] + ["steps", "objective"]
 
 
-def source(src: str, cfg: DictConfig) -> str | None:
-    """The path an input comes from (``policy`` is read from ``select`` once that has run)."""
+def source(src: str, cfg: DictConfig) -> str | list[str] | None:
+    """The path an input comes from (``policy`` is read from ``select`` once that has run; an
+    ``ensemble:`` source is a list of paths)."""
     run = Path(cfg.run_dir)
+    if src.startswith("ensemble:"):  # a list: every other member's final/
+        return [str(run / m / "final") for m in src.split(":")[1].split(",")]
     if src == "comparisons":  # what round 1's RM trained on: the user's file, or what collect wrote
         return cfg.data.files.get("comparisons_train") or str(run / "collect" / "comparisons_train.jsonl")
     if src == "base":
@@ -131,7 +152,7 @@ def source(src: str, cfg: DictConfig) -> str | None:
 def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
     """One step's ``rlhf-train`` config: the user's overrides and the step's needs, its inputs
     wired, then ``steps.<name>`` merged over it; checked by :func:`rlhf.schema.validate`."""
-    this = step(name, cfg.rounds)
+    this = step(name, cfg)
     user = [o for o in overrides if o.lstrip("+~").split("=")[0].split(".")[0] not in PIPELINE_ONLY]
     full = compose("pipeline", overrides=[*user, f"stage={this.stage}", *this.overrides])
     step_cfg = OmegaConf.masked_copy(full, [k for k in full if k not in PIPELINE_ONLY])
@@ -145,8 +166,12 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
             whose = f"written by step {feeder}" if Path(path) == Path(source(src, cfg)) else "your file"
             log.info("step %s reads %s=%s (%s)", name, key, path, whose)
         OmegaConf.update(step_cfg, key, path, force_add=True)
-    try:  # a later round's step takes its first round's overlay, then its own
-        overlays = [cfg.steps.get(n) for n in dict.fromkeys([ROUND.sub(r"\1", name), name])]
+    if member := MEMBER.match(name):  # another head init and data order; the world and labelers stay
+        OmegaConf.resolve(step_cfg)
+        step_cfg.seed = cfg.seed + int(member.group(1)) - 1
+    try:  # a later round's step (an ensemble member) takes its first round's overlay (rm's), then its own
+        first = "rm" if MEMBER.match(name) else ROUND.sub(r"\1", name)
+        overlays = [cfg.steps.get(n) for n in dict.fromkeys([first, name])]
         with open_dict(step_cfg):  # new keys as with +key=: validate() allows them in trainer only
             for overlay in overlays:  # resolved here: it may point at another step's overlay
                 step_cfg = OmegaConf.merge(step_cfg, OmegaConf.to_container(overlay, resolve=True) if overlay else {})
@@ -157,19 +182,21 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
 
 def feeders(src: str) -> set[str]:
     """The steps an input source comes from."""
+    if src.startswith("ensemble:"):
+        return set(src.split(":")[1].split(","))
     return {"base": {"pretrain"}, "policy": {"sft", "select"}, "comparisons": {"collect"}}.get(src, {src.split("/")[0]})
 
 
-def upstream(name: str, rounds: int = 1) -> set[str]:
+def upstream(name: str, cfg: DictConfig | None = None) -> set[str]:
     """The steps whose outputs ``name`` reads."""
-    return set().union(*map(feeders, step(name, rounds).inputs.values()))
+    return set().union(*map(feeders, step(name, cfg).inputs.values()))
 
 
-def dependents(names: set[str], order: list[str], rounds: int = 1) -> set[str]:
+def dependents(names: set[str], order: list[str], cfg: DictConfig | None = None) -> set[str]:
     """``names`` and every step of ``order`` that reads their outputs, transitively."""
     out = set(names)
     for name in order:  # run_order follows the data flow, so one pass suffices
-        if upstream(name, rounds) & out:
+        if upstream(name, cfg) & out:
             out.add(name)
     return out
 
@@ -178,10 +205,12 @@ def missing_inputs(steps: list[PlannedStep], cfg: DictConfig) -> list[str]:
     """Inputs of steps about to run that no step of ``run_order`` makes and no earlier run made."""
     out = []
     for s in (s for s in steps if s.status in ("run", "rerun") and s.config is not None):
-        for key, src in step(s.name, cfg.rounds).inputs.items():
-            path = OmegaConf.select(s.config, key)
-            made_here = path and path == source(src, cfg) and Path(path).is_relative_to(cfg.run_dir)
-            if made_here and not feeders(src) & set(cfg.run_order) and not Path(path).exists():
+        for key, src in step(s.name, cfg).inputs.items():
+            path, wired = OmegaConf.select(s.config, key), source(src, cfg)
+            paths = list(path) if isinstance(wired, list) and path is not None else [path]
+            made_here = (path is not None and paths == (wired if isinstance(wired, list) else [wired])
+                         and all(Path(p).is_relative_to(cfg.run_dir) for p in paths))
+            if made_here and not feeders(src) & set(cfg.run_order) and not all(Path(p).exists() for p in paths):
                 out.append(f"step {s.name} reads {key}={path}, but step {' or '.join(sorted(feeders(src)))} "
                            "is not in run_order and has not run")
     return out
@@ -191,16 +220,19 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
     """Every step of ``cfg.run_order`` with its composed, checked config and whether it runs.
     Fails in seconds on a bad key or value in any step, or on a finished step whose recorded
     config differs from the plan's (listing the keys and how to rerun it)."""
-    bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS and not ROUND.match(s)]
+    bad = [s for s in [*cfg.run_order, *cfg.steps, *cfg.rerun] if s not in STEPS and not ROUND.match(s) and not MEMBER.match(s)]
     if bad:
         raise ConfigError(f"unknown pipeline step(s) {bad} in run_order, steps or rerun; known: {', '.join(STEPS)}, "
-                          "and a later round's collect_r<N>, rm_r<N>, ppo_ptx_r<N>")
+                          "a later round's collect_r<N>, rm_r<N>, ppo_ptx_r<N>, an RM ensemble's rm_m<K>")
+    for k in ("rounds", "rm_ensemble"):
+        if cfg[k] < 1:
+            raise ConfigError(f"{k}={cfg[k]}: must be >= 1")
     with open_dict(cfg):
-        cfg.run_order = with_rounds(list(cfg.run_order), cfg.rounds)
+        cfg.run_order = expand(list(cfg.run_order), cfg.rounds, cfg.rm_ensemble)
     if set(cfg.rerun) - set(cfg.run_order):
         raise ConfigError(f"rerun={list(cfg.rerun)} names steps that run_order={list(cfg.run_order)} does not run")
     check_world(cfg.data)
-    rerun = dependents(set(cfg.rerun), list(cfg.run_order), cfg.rounds)
+    rerun = dependents(set(cfg.rerun), list(cfg.run_order), cfg)
     steps: list[PlannedStep] = []
     for name in cfg.run_order:
         if name == "report":
@@ -208,8 +240,8 @@ def plan(cfg: DictConfig, overrides: list[str]) -> list[PlannedStep]:
         elif name == "pretrain" and source("base", cfg) != source("pretrain", cfg):
             steps.append(PlannedStep(name, None, "skip", f"the model starts from {source('base', cfg)}"))
         else:
-            runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name, cfg.rounds)]
-            step_cfg, this = step_config(cfg, overrides, name), step(name, cfg.rounds)
+            runs = [s.name for s in steps if s.status in ("run", "rerun") and s.name in upstream(name, cfg)]
+            step_cfg, this = step_config(cfg, overrides, name), step(name, cfg)
             late = tuple(k for k, src in this.inputs.items()  # wired to the epoch select picks, when it has
                          if src == "policy" and OmegaConf.select(step_cfg, k) == source("policy", cfg))
             steps.append(check_finished(name, this.stage, step_cfg, name in rerun, runs)._replace(late=late))

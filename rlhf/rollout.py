@@ -28,9 +28,10 @@ from contextlib import contextmanager, nullcontext
 from typing import Callable, ContextManager, NamedTuple
 
 import torch
+from torch import nn
 
 from rlhf.algos.logprobs import entropy_from_logits, logprobs_from_logits
-from rlhf.algos.ppo import Rollout
+from rlhf.algos.ppo import Rollout, conservative_reward
 from rlhf.models.build import position_ids
 from rlhf.models.generate import decode
 from rlhf.models.reward import normalization, sequence_rewards, token_values
@@ -41,7 +42,8 @@ class RolloutInfo(NamedTuple):
 
     rollout.scores is the score that enters the reward (RM normalised, missing-EOS penalty
     applied); value_mask, entropy: (B, T); rm_score_raw, rm_score: (B,) the RM before/after its
-    normalisation, without the penalty; has_eos: (B,) bool.
+    normalisation, without the penalty (an ensemble: the members' mean raw score, and the
+    conservative reward); rm_spread: (B,) the members' spread (0 for one RM); has_eos: (B,) bool.
     """
 
     rollout: Rollout
@@ -50,6 +52,7 @@ class RolloutInfo(NamedTuple):
     rm_score_raw: torch.Tensor
     rm_score: torch.Tensor
     has_eos: torch.Tensor
+    rm_spread: torch.Tensor
 
 
 def sample_responses(policy, query_ids: torch.Tensor, query_mask: torch.Tensor, max_new_tokens: int,
@@ -130,7 +133,7 @@ def check_finite(name: str, x: torch.Tensor, iteration: int, mask: torch.Tensor 
 @torch.no_grad()
 def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tensor, query_mask: torch.Tensor, *,
             max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
-            missing_eos_penalty: float | None,
+            missing_eos_penalty: float | None, ensemble_coef: float = 1.0,
             full_params: Callable[[], ContextManager] = nullcontext, times: dict | None = None) -> RolloutInfo:
     """One batch of episodes from left-padded prompts query_ids, query_mask (B, Tq).
 
@@ -141,7 +144,8 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
     ``policy.unshard()`` and ``reshard()`` on exit; with FSDP1
     ``FullyShardedDataParallel.summon_full_params(policy, writeback=False, recurse=True)``.
     The scoring passes below are plain forwards and run sharded as they are. ``times`` collects
-    the wall seconds of generation and of each scoring pass (``phase``).
+    the wall seconds of generation and of each scoring pass (``phase``). ``reward_model`` may be
+    an ``nn.ModuleList`` of RMs, an ensemble scored by ``conservative_reward``.
     """
     with phase(times, "generation"), full_params():
         response = sample_responses(policy, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id)
@@ -155,10 +159,11 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
         ref_logprobs = response_logprobs(reference, *q, temperature=temperature)
     with phase(times, "value_pass"):
         values = response_values(value_model, *q)
-    with phase(times, "rm_pass"):
-        raw = sequence_rewards(reward_model, *_joined(*q), raw=True).float()  # read at EOS (or the last token)
-    gain, bias = normalization(reward_model)
-    rm_score = gain * raw + bias
+    members = list(reward_model) if isinstance(reward_model, nn.ModuleList) else [reward_model]
+    with phase(times, "rm_pass"):  # each read at EOS (or the last token)
+        raw = torch.stack([sequence_rewards(m, *_joined(*q), raw=True).float() for m in members])  # (M, B)
+    normalised = torch.stack([gain * r + bias for r, (gain, bias) in zip(raw, map(normalization, members))])
+    rm_score = conservative_reward(normalised, ensemble_coef)
     scores = apply_missing_eos_penalty(rm_score, has_eos, missing_eos_penalty)
     ro = Rollout(query_ids, query_mask, response, mask, logprobs, ref_logprobs, values, scores)
-    return RolloutInfo(ro, mask.clone(), entropy, raw, rm_score, has_eos)
+    return RolloutInfo(ro, mask.clone(), entropy, raw.mean(0), rm_score, has_eos, normalised.std(0, unbiased=False))

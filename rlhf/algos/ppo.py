@@ -37,6 +37,17 @@ class Rollout(NamedTuple):
         return Rollout(*(t[idx] for t in self))
 
 
+def conservative_reward(member_scores: torch.Tensor, coef: float) -> torch.Tensor:
+    """An RM ensemble's reward: the members' mean minus ``coef`` times their spread (population
+    standard deviation), so PPO gains little where the members disagree (Coste et al. 2023).
+
+    member_scores: (M, B) normalised scores of M members. Returns (B,); one member: its scores.
+    """
+    if member_scores.shape[0] == 1:
+        return member_scores[0]
+    return member_scores.mean(0) - coef * member_scores.std(0, unbiased=False)
+
+
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

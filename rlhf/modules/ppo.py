@@ -60,7 +60,7 @@ class PPOModule(pl.LightningModule):
         self.tok, self.samples_path = tokenizer, samples_path
         self.sampling = dict(max_new_tokens=stage_cfg.max_new_tokens, temperature=stage_cfg.temperature,
                              eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                             missing_eos_penalty=stage_cfg.missing_eos_penalty)
+                             missing_eos_penalty=stage_cfg.missing_eos_penalty, ensemble_coef=stage_cfg.ensemble_coef)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -72,7 +72,8 @@ class PPOModule(pl.LightningModule):
     def configure_model(self) -> None:
         """strategy=fsdp2: every model sharded per transformer block, the frozen ones and the EMA too."""
         shard(self, self.policy, self.value)
-        shard(self, self.reference, self.reward_model, *([self.ema.module] if self.ema else []), trainable=False)
+        rms = list(self.reward_model) if isinstance(self.reward_model, torch.nn.ModuleList) else [self.reward_model]
+        shard(self, self.reference, *rms, *([self.ema.module] if self.ema else []), trainable=False)
         if is_sharded(self.policy):  # FSDP2 loads a checkpoint's weights before on_load_checkpoint could
             self.strict_loading = False  # add the frozen ones: they keep what setup loaded from disk
 
@@ -101,6 +102,7 @@ class PPOModule(pl.LightningModule):
         self.log_dict({"train/score": ro.scores.mean(), "train/kl": seq_kl.mean()}, prog_bar=True, batch_size=B)
         self.log_dict({
             "train/rm_score": info.rm_score.mean(), "train/rm_score_raw": info.rm_score_raw.mean(),
+            "train/rm_spread": info.rm_spread.mean(),
             "train/kl_k3": masked_sum(kl_k3(ro.logprobs, ro.ref_logprobs), mask) / B, "train/beta": beta,
             "train/reward": rewards.sum(-1).mean(), "train/entropy": masked_mean(info.entropy, mask),
             "train/response_length": mask.sum(-1).float().mean(), "train/eos_rate": info.has_eos.float().mean(),

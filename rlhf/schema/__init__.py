@@ -59,6 +59,7 @@ class Pipeline(Train):
     plan_only: bool = False                      # print the plan and stop
     rerun: List[str] = field(default_factory=list)  # steps to rerun from scratch, with what they feed
     rounds: int = 1                              # iterated RLHF: rounds of collect -> RM -> PPO-ptx
+    rm_ensemble: int = 1                         # RMs (seeds) round one's PPO steps score with together
 
 
 def register() -> None:

@@ -2,7 +2,7 @@
 why they are what they are live in the YAML files that extend these)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
@@ -87,6 +87,8 @@ class PPOAlarms:                                 # thresholds of rlhf.eval.alarm
 class PPOStage(TrainedStage):
     reward_model: Optional[str] = MISSING        # an RM final/ (required to run)
     reference: Optional[str] = None              # the KL's reference policy; null: init
+    ensemble: List[str] = field(default_factory=list)  # more RM final/ dirs: an ensemble with reward_model
+    ensemble_coef: float = nonneg()              # ensemble reward: members' mean - ensemble_coef x their spread
     prompts: str = MISSING                       # data.files key of the RL prompts
     iterations: Optional[int] = size()           # null: until trainer.max_steps
     minibatch_size: int = size()                 # episodes per optimizer step; divides batch_size

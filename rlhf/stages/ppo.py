@@ -5,8 +5,11 @@
 
 Four models: the policy (trainable) and the reference (frozen copy) from ``init`` (an SFT
 ``final/``; in a later round of iterated RLHF the policy continues from the last round's and
-``stage.reference`` keeps the KL to SFT); the RM (frozen) and the value model (trainable copy, paper: initialised from the
-RM) from ``stage.reward_model``. Dropout is off in all four. ``export`` writes the EMA policy.
+``stage.reference`` keeps the KL to SFT); the RM (frozen) and the value model (trainable copy,
+paper: initialised from the RM) from ``stage.reward_model`` (``stage.ensemble`` adds frozen RMs,
+scored together as their mean minus ``stage.ensemble_coef`` x their spread). Dropout is off in
+all of them. ``export`` writes the EMA policy of the iteration the judge preferred on validation
+prompts (``stage.export_pick``, ``rlhf.eval.selection``).
 """
 from __future__ import annotations
 
@@ -69,13 +72,17 @@ def setup(cfg: DictConfig, sdir: Path):
     if AutoTokenizer.from_pretrained(st.reward_model).get_vocab() != tok.get_vocab():
         raise ValueError(f"the reward model {st.reward_model} and the policy {weights_source(cfg)} "
                          "have different tokenizers")
-    policy, rm = build_causal_lm(cfg, tok), load_reward_model(st.reward_model)
+    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p) for p in [st.reward_model, *st.ensemble]]
+    for path in st.ensemble:
+        if AutoTokenizer.from_pretrained(path).get_vocab() != tok.get_vocab():
+            raise ValueError(f"stage.ensemble member {path} and the policy {weights_source(cfg)} have different tokenizers")
+    rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
     reference = copy.deepcopy(policy)
     if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
         if AutoTokenizer.from_pretrained(st.reference).get_vocab() != tok.get_vocab():
             raise ValueError(f"stage.reference={st.reference} and the policy {weights_source(cfg)} have different tokenizers")
         reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
-    for m in (policy, reference, rm):
+    for m in (policy, reference, *members):
         set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
     steps_per_iteration = st.ppo_epochs * (st.batch_size // st.minibatch_size)
     ptx_on = cfg.ptx.coef > 0
@@ -86,14 +93,16 @@ def setup(cfg: DictConfig, sdir: Path):
         ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
         max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
         pack_ptx=cfg.ptx.pack)
-    module = PPOModule(policy, reference, rm, copy.deepcopy(rm).requires_grad_(True), tok, st,
+    module = PPOModule(policy, reference, rm, copy.deepcopy(members[0]).requires_grad_(True), tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")
     callbacks = [monitor(cfg, sdir, tok)]
     module.monitor = callbacks[0]  # export reads its candidates
     if cfg.kl.controller == "adaptive":
         log.info("adaptive KL controller: target %.3f nats per response", kl_target(cfg.kl))
-    module.export_info = {"reward_model": str(st.reward_model), "reference": str(st.reference or weights_source(cfg)),
+    module.export_info = {"reward_model": str(st.reward_model), "ensemble": list(st.ensemble),
+                          "ensemble_coef": st.ensemble_coef if st.ensemble else None,
+                          "reference": str(st.reference or weights_source(cfg)),
                           "ema_decay": st.ema_decay,
                           "export_pick": st.export_pick, "kl_budget": st.kl_budget,
                           "kl": OmegaConf.to_container(cfg.kl), "ptx": OmegaConf.to_container(cfg.ptx)}

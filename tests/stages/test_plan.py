@@ -83,6 +83,22 @@ def test_rounds_add_later_rounds_before_eval_wired_to_the_previous_round(tmp_pat
         planned(tmp_path / "v", "rounds=2", "run_order=[sft,collect,rm,ppo]")
 
 
+def test_an_rm_ensemble_is_the_rm_step_again_with_other_seeds_read_by_round_one_ppo(tmp_path):
+    steps = planned(tmp_path, "rm_ensemble=3", "rounds=2", "seed=4", "+steps.rm.stage.epochs=3")
+    run = tmp_path / "p"
+    order = list(steps)
+    assert order[order.index("rm"):order.index("rm") + 3] == ["rm", "rm_m2", "rm_m3"]
+    assert [steps[s].config.seed for s in ("rm", "rm_m2", "rm_m3")] == [4, 5, 6]
+    assert [steps[s].config.stage.epochs for s in ("rm", "rm_m2", "rm_m3")] == [3, 3, 3]  # rm's overlay
+    assert steps["rm_m3"].config.data.world.seed == 4 and steps["rm_m3"].config.labeler.seed == 4  # the same world
+    assert steps["rm_m2"].config.stage.name == "rm_m2" and steps["rm_m2"].config.init == str(run / "sft" / "final")
+    members = [str(run / m / "final") for m in ("rm_m2", "rm_m3")]
+    assert all(list(steps[s].config.stage.ensemble) == members for s in ("ppo", "ppo_ptx", "ppo_beta"))
+    assert list(steps["ppo_ptx_r2"].config.stage.ensemble) == []  # later rounds: their own single RM
+    with pytest.raises(ConfigError, match="rm_ensemble=0: must be >= 1"):
+        planned(tmp_path / "z", "rm_ensemble=0")
+
+
 def test_an_overlay_on_a_wired_key_wins(tmp_path):
     steps = planned(tmp_path, "+steps.ppo.ptx.coef=0.5", "+steps.ppo.ptx.examples_per_episode=2", "+steps.rm.init=/my/sft",
                     "ptx.coef=3")

@@ -311,3 +311,23 @@ def test_the_exported_policy_is_the_candidate_the_judge_preferred(ppo, tmp_path,
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "last" / "ppo" / "final").state_dict()
     assert all(torch.equal(v, run["module"].export_model().state_dict()[k]) for k, v in final.items())
     assert read_provenance(tmp_path / "last" / "ppo" / "final")["selected"]["iterations"] == 3
+
+
+def test_an_rm_ensemble_trains_on_the_conservative_reward(ppo, models, tmp_path):
+    """Members scoring r + 0.5 and r + 1.5: mean - 1 x spread = r + 0.5, the first member's own
+    score, so the ensemble run trains as the single-RM run; its logged spread is 0.5."""
+    from rlhf.handoff import read_provenance
+    from rlhf.models.reward import set_normalization
+    second = load_reward_model(str(models["rm"]))
+    set_normalization(second, 1.0, 1.5)
+    second.save_pretrained(tmp_path / "rm2")
+    AutoTokenizer.from_pretrained(models["rm"]).save_pretrained(tmp_path / "rm2")
+    _, a = train(make_config([*ppo, "trainer.max_steps=2", "run_name=single"]))
+    _, b = train(make_config([*ppo, "trainer.max_steps=2", "run_name=ensemble", f"stage.ensemble=[{tmp_path / 'rm2'}]",
+                              "stage.ensemble_coef=1.0"]))
+    for (name, p), q in zip(a["module"].policy.named_parameters(), b["module"].policy.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=0, msg=name)
+    rows = [r for r in metrics_rows(tmp_path / "ensemble" / "ppo") if r.get("train/rm_spread")]
+    assert len(rows) == 2 and all(abs(float(r["train/rm_spread"]) - 0.5) < 1e-5 for r in rows)
+    info = read_provenance(tmp_path / "ensemble" / "ppo" / "final")
+    assert info["ensemble"] == [str(tmp_path / "rm2")] and info["ensemble_coef"] == 1.0

@@ -99,3 +99,13 @@ def test_rollout_select():
     mb = r.select(torch.tensor([3, 1]))
     assert isinstance(mb, Rollout) and mb.response_ids.shape == (2, T)
     torch.testing.assert_close(mb.scores, torch.tensor([3.0, 1.0]))
+
+
+def test_conservative_reward_golden():
+    from rlhf.algos.ppo import conservative_reward
+    scores = torch.tensor([[1.0, 2.0, -1.0], [3.0, 2.0, 1.0]])  # 2 members x 3 episodes
+    torch.testing.assert_close(conservative_reward(scores, 1.0), torch.tensor([1.0, 2.0, -1.0]))  # mean - 1 x std
+    torch.testing.assert_close(conservative_reward(scores, 0.0), torch.tensor([2.0, 2.0, 0.0]))
+    three = torch.tensor([[0.0], [3.0], [6.0]])  # std sqrt(6)
+    torch.testing.assert_close(conservative_reward(three, 2.0), torch.tensor([3.0 - 2 * 6 ** 0.5]))
+    torch.testing.assert_close(conservative_reward(scores[:1], 5.0), scores[0])  # one member: its own scores

@@ -126,3 +126,29 @@ def test_prompt_stream_is_a_pure_function_of_the_batch_index():
     assert stream_batch(n, 3, size, "0/prompts") == first_pass[12:16]
     assert stream_batch(n, 0, size, "1/prompts") != stream_batch(n, 0, size, "0/prompts")
     assert list(Iterations(lambda k: k, start=lambda: 3, stop=6)) == [3, 4, 5]
+
+
+def test_an_rm_ensemble_scores_the_members_mean_minus_their_spread():
+    import copy
+
+    from rlhf.algos.ppo import conservative_reward
+    lm, rm = _tiny("llama", vocab=6)
+    other = copy.deepcopy(rm)
+    torch.nn.init.normal_(other.score.weight)  # another head: the members disagree
+    set_normalization(rm, 2.0, 0.5)
+    set_normalization(other, 1.0, -0.5)
+    _, _, (q, qm, _, _) = _padded_batch()
+    q = q % 6
+    kw = dict(max_new_tokens=5, temperature=1.0, eos_id=EOS, pad_id=PAD, missing_eos_penalty=None)
+    torch.manual_seed(0)
+    one = rollout(lm, lm, rm, rm, q, qm, **kw)
+    torch.manual_seed(0)
+    both = rollout(lm, lm, rm, torch.nn.ModuleList([rm, other]), q, qm, ensemble_coef=0.5, **kw)
+    torch.manual_seed(0)
+    alone = rollout(lm, lm, rm, other, q, qm, **kw)
+    assert torch.equal(one.rollout.response_ids, both.rollout.response_ids)  # the same episodes, scored twice
+    members = torch.stack([one.rm_score, alone.rm_score])
+    torch.testing.assert_close(both.rm_score, members.mean(0) - 0.5 * members.std(0, unbiased=False))
+    torch.testing.assert_close(both.rollout.scores, conservative_reward(members, 0.5))
+    torch.testing.assert_close(both.rm_spread, (one.rm_score - alone.rm_score).abs() / 2)
+    assert (both.rm_spread > 0).all() and (one.rm_spread == 0).all()
