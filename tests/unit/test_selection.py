@@ -12,9 +12,17 @@ def cand(it, score, kl, win=None):
 
 
 def test_the_judge_wins_over_the_rm_score():
-    cands = [cand(20, 0.1, 0.5, 0.55), cand(40, 0.4, 1.5, 0.61), cand(60, 0.9, 3.0, 0.52)]
-    assert pick(cands)["iterations"] == 40  # RM score still rising at 60: over-optimised
-    assert "iteration 40 of 3 candidates" in why(pick(cands), cands, None) and "0.610" in why(pick(cands), cands, None)
+    cands = [cand(20, 0.1, 0.5, 0.55), cand(40, 0.4, 1.5, 0.71), cand(60, 0.9, 3.0, 0.52)]
+    assert pick(cands)["iterations"] == 40  # RM score still rising at 60, win rate clearly down: over-optimised
+    assert "iteration 40 of 3 candidates" in why(pick(cands), cands, None) and "0.710" in why(pick(cands), cands, None)
+
+
+def test_a_later_candidate_within_the_noise_of_the_best_is_kept():
+    """Intervals +-0.05: 0.61 at 40 is not clearly better than 0.56 at 60 (0.56 + 0.05 >= 0.61 - 0.05)."""
+    cands = [cand(20, 0.1, 0.5, 0.55), cand(40, 0.4, 1.5, 0.61), cand(60, 0.9, 3.0, 0.56), cand(80, 1.0, 3.1, 0.50)]
+    assert pick(cands)["iterations"] == 60  # 80's interval [0.45, 0.55] lies below 40's [0.56, 0.66]
+    text = why(pick(cands), cands, None)
+    assert "latest within the interval of the best" in text and "iteration 40: 0.610" in text
 
 
 def test_a_tie_in_win_rate_goes_to_the_later_candidate():
