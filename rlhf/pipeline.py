@@ -170,7 +170,7 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
         OmegaConf.resolve(step_cfg)
         step_cfg.seed = cfg.seed + int(member.group(1)) - 1
     try:  # a later round's step (an ensemble member) takes its first round's overlay (rm's), then its own
-        first = "rm" if MEMBER.match(name) else ROUND.sub(r"\1", name)
+        first = "rm" if member else ROUND.sub(r"\1", name)
         overlays = [cfg.steps.get(n) for n in dict.fromkeys([first, name])]
         with open_dict(step_cfg):  # new keys as with +key=: validate() allows them in trainer only
             for overlay in overlays:  # resolved here: it may point at another step's overlay

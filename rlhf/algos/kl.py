@@ -7,6 +7,8 @@ k3 = (r - 1) - log r (unbiased, always >= 0). The reward uses k1, as the paper's
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -79,3 +81,8 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict) -> None:
         self.value = float(state["value"])
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL (nats) of best-of-n sampling from its base policy, log n - (n-1)/n (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n

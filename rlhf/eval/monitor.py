@@ -50,13 +50,16 @@ class PPOMonitor(pl.Callback):
         self.history, self.evals, self.active, self.sft = state["history"], state["evals"], state["active"], state["sft"]
         self.candidates = state.get("candidates", [])
 
+    def _path(self, iterations: int) -> Path:
+        return self.dir / f"iter_{iterations:06d}"
+
     def chosen(self) -> tuple[dict, Path] | None:
         """The candidate to export and its directory (None: no candidates were kept)."""
-        kept = [c for c in self.candidates if self.dir and (self.dir / f"iter_{c['iterations']:06d}").is_dir()]
+        kept = [c for c in self.candidates if self.dir and self._path(c["iterations"]).is_dir()]
         if not kept:  # (a candidate's directory may be gone after a resume whose judge answered otherwise)
             return None
         c = selection.pick(kept, self.kl_budget)
-        return c, self.dir / f"iter_{c['iterations']:06d}"
+        return c, self._path(c["iterations"])
 
     def _answers(self, model, seed: int) -> list[str]:
         with torch.random.fork_rng(devices=[]), gathered(model):
@@ -112,7 +115,8 @@ class PPOMonitor(pl.Callback):
             return
         model = full_model(trainer, module.export_model())  # sharded: every rank takes part in the gather
         if trainer.is_global_zero:
-            out, tmp = self.dir / f"iter_{it + 1:06d}", self.dir / f"iter_{it + 1:06d}.tmp"
+            out = self._path(it + 1)
+            tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(str(tmp))
             self.tok.save_pretrained(str(tmp))

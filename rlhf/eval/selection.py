@@ -14,6 +14,11 @@ against SFT on the validation prompts (``None`` without a judge).
 from __future__ import annotations
 
 
+def _best(candidates: list[dict]) -> dict:
+    """The judged candidate with the best win rate (the later one on a tie)."""
+    return max((c for c in candidates if c.get("win_rate") is not None), key=lambda c: (c["win_rate"], c["iterations"]))
+
+
 def pick(candidates: list[dict], kl_budget: float | None = None) -> dict:
     """The candidate to export.
 
@@ -27,7 +32,7 @@ def pick(candidates: list[dict], kl_budget: float | None = None) -> dict:
         raise ValueError("no PPO candidates to pick from")
     judged = [c for c in candidates if c.get("win_rate") is not None]
     if judged:
-        best = max(judged, key=lambda c: (c["win_rate"], c["iterations"]))
+        best = _best(judged)
         return max((c for c in judged if c["win_hi"] >= best["win_lo"]), key=lambda c: c["iterations"])
     within = [c for c in candidates if kl_budget is None or c["kl"] <= kl_budget]
     if not within:
@@ -39,9 +44,9 @@ def why(chosen: dict, candidates: list[dict], kl_budget: float | None) -> str:
     """One sentence for the log, rlhf.json and the report."""
     n, it = len(candidates), chosen["iterations"]
     if chosen.get("win_rate") is not None:
-        best = max((c for c in candidates if c.get("win_rate") is not None), key=lambda c: (c["win_rate"], c["iterations"]))
+        best = _best(candidates)
         rate = f"{chosen['win_rate']:.3f} [{chosen['win_lo']:.3f}, {chosen['win_hi']:.3f}]"
-        if best is chosen or best["iterations"] == it:
+        if best["iterations"] == it:
             return f"exported iteration {it} of {n} candidates: best validation win rate against SFT {rate} by the judge"
         return (f"exported iteration {it} of {n} candidates: the latest within the interval of the best validation "
                 f"win rate against SFT (iteration {best['iterations']}: {best['win_rate']:.3f} [{best['win_lo']:.3f}, "

@@ -14,7 +14,6 @@ Writes ``samples.jsonl`` (responses side by side) and ``final/rlhf.json`` (every
 from __future__ import annotations
 
 import logging
-import math
 import random
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from omegaconf import DictConfig
 from transformers import AutoTokenizer
 
 from rlhf import feedback
+from rlhf.algos.kl import best_of_n_kl
 from rlhf.data.formats import read_jsonl, write_jsonl
 from rlhf.data.sources import data_file
 from rlhf.eval.measure import few_shot_template, judge_pairs, mean_ci, response_logprobs, rm_scores, text_loss
@@ -71,7 +71,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if st.best_of_n and rm is not None:
         torch.manual_seed(cfg.seed)
         responses["best_of_n"] = best_of_n(ref, ref_tok, rm, rm_tok, prompts, st, cfg.data.max_response_tokens, template)
-        stats["best_of_n"] = {"kl_to_ref": (math.log(st.best_of_n) - (st.best_of_n - 1) / st.best_of_n,) * 3,
+        stats["best_of_n"] = {"kl_to_ref": (best_of_n_kl(st.best_of_n),) * 3,
                               "pretrain_val_loss": (ref_loss,) * 3, "alignment_tax": (0.0,) * 3}
         runs["best_of_n"] = (ref_path, template)
         log.info("eval: best of %d of %s's samples by the RM, for %d prompts", st.best_of_n, st.reference, len(flat))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf import feedback
-from rlhf.algos.kl import AdaptiveKLController, FixedKLController
+from rlhf.algos.kl import AdaptiveKLController, FixedKLController, best_of_n_kl
 from rlhf.data.formats import read_jsonl
 from rlhf.data.prompts import PromptDataModule
 from rlhf.data.sources import data_file
@@ -52,8 +51,7 @@ def kl_target(kl: DictConfig) -> float:
     if kl.get("target") is not None:
         return kl.target
     if kl.get("target_best_of_n"):
-        n = kl.target_best_of_n
-        return math.log(n) - (n - 1) / n
+        return best_of_n_kl(kl.target_best_of_n)
     raise ValueError("kl.controller=adaptive needs kl.target (nats) or kl.target_best_of_n")
 
 
@@ -69,18 +67,15 @@ def setup(cfg: DictConfig, sdir: Path):
     _check(cfg)
     st, data = cfg.stage, cfg.data
     tok = load_tokenizer(cfg, sdir / "tokenizer", corpus=lambda: ())  # the SFT checkpoint's own
-    if AutoTokenizer.from_pretrained(st.reward_model).get_vocab() != tok.get_vocab():
-        raise ValueError(f"the reward model {st.reward_model} and the policy {weights_source(cfg)} "
-                         "have different tokenizers")
-    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p) for p in [st.reward_model, *st.ensemble]]
-    for path in st.ensemble:
+    others = [("the reward model", st.reward_model), *(("stage.ensemble member", p) for p in st.ensemble),
+              *([("stage.reference", st.reference)] if st.reference else [])]
+    for what, path in others:  # every model PPO scores or compares with reads the policy's tokens
         if AutoTokenizer.from_pretrained(path).get_vocab() != tok.get_vocab():
-            raise ValueError(f"stage.ensemble member {path} and the policy {weights_source(cfg)} have different tokenizers")
+            raise ValueError(f"{what} {path} and the policy {weights_source(cfg)} have different tokenizers")
+    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p) for p in [st.reward_model, *st.ensemble]]
     rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
     reference = copy.deepcopy(policy)
     if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
-        if AutoTokenizer.from_pretrained(st.reference).get_vocab() != tok.get_vocab():
-            raise ValueError(f"stage.reference={st.reference} and the policy {weights_source(cfg)} have different tokenizers")
         reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
     for m in (policy, reference, *members):
         set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
