@@ -4,7 +4,8 @@
 
 Each output line is the input record plus ``"reward"`` (normalised, as RL sees it) and
 ``"raw_reward"`` (the head's output). Prompts are rendered with the template the RM was trained
-with (``rlhf.json``), or ``--template``.
+with (``rlhf.json``), or ``--template``. A NaN or inf score stops it with an error naming the RM
+directory, before the output is written.
 """
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     for rec in records:
         p, r = encode_pair(tok, rec["prompt"], rec["response"], template)
         rows.append(p + r)  # prompt + response + EOS, as in training
-    raw = score_ids(model, rows, tok.pad_token_id, batch_size=args.batch_size, raw=True)
+    # NaN or inf stops here, naming the RM directory, before the output file is opened
+    raw = score_ids(model, rows, tok.pad_token_id, batch_size=args.batch_size, raw=True,
+                    prompts=[r["prompt"] for r in records])
     gain, bias = normalization(model)
     write_jsonl(args.output, ({**r, "reward": gain * x + bias, "raw_reward": x}
                               for r, x in zip(records, raw.tolist())))

@@ -10,6 +10,7 @@ from rlhf import feedback
 from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.data.lm import Counts, collate_right, encode_demonstrations, encode_texts
+from rlhf.models.reward import NonFiniteError, check_rewards, completion_rewards
 from rlhf.models.tokenizer import encode_pair
 
 
@@ -22,6 +23,20 @@ def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = z * sd / math.sqrt(n)
     return m, m - half, m + half
+
+
+def _first_nonfinite(x, key: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or inf float in nested dicts / lists / tuples."""
+    if isinstance(x, float):
+        return None if math.isfinite(x) else (key, x)
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, (list, tuple)) else ()
+    return next((f for k, v in items if (f := _first_nonfinite(v, f"{key}[{k!r}]"))), None)
+
+
+def require_finite(figures, where: str) -> None:
+    """Stop before ``where`` is written if ``figures`` hold NaN or inf: no file holds a bare NaN."""
+    if found := _first_nonfinite(figures):
+        raise NonFiniteError(f"{where} not written: {found[0]} is {found[1]}")
 
 
 def _rows(tok, prompts, responses, template):
@@ -60,14 +75,15 @@ def text_loss(model, tok, texts: list[str], max_tokens: int, batch_size: int = 6
 @torch.no_grad()
 def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, batch_size: int = 32,
               max_group: int = 9) -> torch.Tensor:
-    """(N,) normalised RM rewards of (prompt, response) pairs, in order.
+    """(N,) normalised RM rewards of (prompt, response) pairs, in order; NaN or inf raises
+    :class:`NonFiniteError` naming the RM and the first such prompt (every RM caller but PPO and
+    ``rlhf-score`` scores through here: select, bestofn, eval, judge=rm, rm_check).
 
     Consecutive pairs with the same prompt (a prompt's n samples) are scored as groups of up to
     ``max_group``, the prompt held once (the RM's shared-prompt rows; wider rows cost more than
     they save); every reward is the one it gets alone.
     """
     from rlhf.data.comparisons import collate_comparisons
-    from rlhf.models.reward import completion_rewards
 
     groups = []
     for i, (p, r) in enumerate(zip(prompts, responses)):
@@ -81,7 +97,7 @@ def rm_scores(rm, tok, prompts: list[str], responses: list[str], template: str, 
         chunk = [{**g, "ranks": [0] * len(g["completions"])} for g in groups[i:i + batch_size]]
         b = {k: v.to(device) for k, v in collate_comparisons(chunk, tok.pad_token_id).items()}
         out.append(completion_rewards(rm, b).float().cpu())  # (owner, slot) order: the input order
-    return torch.cat(out) if out else torch.zeros(0)
+    return check_rewards(rm, torch.cat(out), prompts) if out else torch.zeros(0)
 
 
 def few_shot_template(demos: list[dict], template: str) -> str:

@@ -91,7 +91,7 @@ class PPOMonitor(pl.Callback):
                 if trainer.is_global_zero:
                     log.warning("PPO iteration %d: alarm %s: %s", it, name, message)
                     with open(self.path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"iteration": it, "alarm": name, "message": message}) + "\n")
+                        f.write(json.dumps({"iteration": it, "alarm": name, "message": message}, allow_nan=False) + "\n")
         self.active = sorted(found)
 
     def on_train_end(self, trainer, module) -> None:

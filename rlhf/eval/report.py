@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from rlhf.eval.measure import require_finite  # noqa: E402
 from rlhf.handoff import is_finished, metrics_rows, read_provenance  # noqa: E402
 
 METHODS = ["base", "prompted", "sft", "best_of_n", "ppo", "ppo_ptx", "ppo_beta"]  # the paper's, + baselines
@@ -240,7 +241,8 @@ def build_report(run_dir: str | Path, n_examples: int = 8) -> Path:
               **{s: m for s, m in stages.items() if m}}
     if bon := best_of_n(_info(run_dir, "bestofn")):
         report["best_of_n"] = bon
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    require_finite(report, f"{out}/report.json")  # a NaN read from a stage's files stops here
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     plot_win_rates(table, out / FIGURES[0])
     plot_ppo(curves, out / FIGURES[1], chosen)
     plot_tax(table, out / FIGURES[2])

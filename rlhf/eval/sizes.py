@@ -62,7 +62,7 @@ def figure1(run_dirs: list[Path], judge, out_dir: Path, reference: str = "sft", 
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"reference": f"{runs[-1][1].name}/{reference}", "judge": feedback.describe(judge),
               "n_pairs": len(flat), "sizes": table}
-    (out_dir / "figure1.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "figure1.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     _plot(table, result["reference"], out_dir / "figure1.png")
     _markdown(result, out_dir / "figure1.md")
     return result

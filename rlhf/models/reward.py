@@ -18,6 +18,8 @@ the final EOS and scores the token before it; ``rlhf``'s own tokenizers have a s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
@@ -27,6 +29,27 @@ from rlhf.models.build import position_ids
 from rlhf.models.tokenizer import prepare_tokenizer
 
 GAIN, BIAS = "rlhf_reward_gain", "rlhf_reward_bias"
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf from a reward model (or in a figure about to be written): the run stops there."""
+
+
+def loaded_from(model: PreTrainedModel) -> str:
+    """Where ``model`` was loaded from (``config._name_or_path``), for error messages."""
+    return getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+
+def check_rewards(model: PreTrainedModel, rewards: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+    """``rewards`` (N,) unchanged if all finite; else NonFiniteError naming the RM's directory,
+    how many were non-finite and the first (by its prompt if ``prompts`` are given, else its row)."""
+    bad = ~torch.isfinite(rewards.detach())
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        first = f"for prompt {prompts[i][:60]!r}" if prompts else f"at row {i}"
+        raise NonFiniteError(f"reward model {loaded_from(model)} gave a non-finite score ({rewards[i].item()}) "
+                             f"for {int(bad.sum())} of {len(rewards)} completions, the first {first}")
+    return rewards
 
 
 def load_reward_model(path_or_id: str) -> PreTrainedModel:
@@ -48,7 +71,11 @@ def score_head(model: PreTrainedModel) -> nn.Linear:
 
 def normalization(model: PreTrainedModel) -> tuple[float, float]:
     """(gain, bias) stored in the model's config; (1, 0) if it was never normalised."""
-    return float(getattr(model.config, GAIN, 1.0)), float(getattr(model.config, BIAS, 0.0))
+    gain, bias = float(getattr(model.config, GAIN, 1.0)), float(getattr(model.config, BIAS, 0.0))
+    if not (math.isfinite(gain) and math.isfinite(bias)):
+        raise NonFiniteError(f"reward model {loaded_from(model)}: non-finite normalisation in its config.json "
+                             f"({GAIN} {gain}, {BIAS} {bias})")
+    return gain, bias
 
 
 def set_normalization(model: PreTrainedModel, gain: float = 1.0, bias: float = 0.0) -> None:
@@ -68,17 +95,23 @@ def _normalize(model: PreTrainedModel, r: torch.Tensor, raw: bool) -> torch.Tens
     return r if raw else gain * r + bias
 
 
-def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     raw: bool = False) -> torch.Tensor:
-    """(B,) reward of each row, read at its last attention-mask position.
-
-    input_ids, attention_mask: (B, T), left or right padded. ``raw`` skips the normalisation.
-    """
+def _last_rewards(model, input_ids, attention_mask, raw: bool) -> torch.Tensor:
+    """(B,) the head at each row's last attention-mask position, unchecked."""
     hidden = _hidden(model, input_ids, attention_mask)
     T = attention_mask.shape[-1]
     last = T - 1 - attention_mask.long().flip(-1).argmax(-1)  # (B,) last real position
     h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
     return _normalize(model, score_head(model)(h).squeeze(-1), raw)
+
+
+def sequence_rewards(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     raw: bool = False) -> torch.Tensor:
+    """(B,) reward of each row, read at its last attention-mask position; NaN or inf raises
+    :class:`NonFiniteError` (PPO's rollout scores through here).
+
+    input_ids, attention_mask: (B, T), left or right padded. ``raw`` skips the normalisation.
+    """
+    return check_rewards(model, _last_rewards(model, input_ids, attention_mask, raw))
 
 
 def completion_rewards(model: PreTrainedModel, batch: dict, raw: bool = False) -> torch.Tensor:
@@ -105,8 +138,9 @@ def token_values(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask
 
 @torch.no_grad()
 def score_ids(model: PreTrainedModel, rows: list[list[int]], pad_id: int, batch_size: int = 32,
-              raw: bool = False) -> torch.Tensor:
-    """(N,) rewards of token-id rows (prompt + response + EOS), right-padded in batches."""
+              raw: bool = False, prompts: list[str] | None = None) -> torch.Tensor:
+    """(N,) rewards of token-id rows (prompt + response + EOS), right-padded in batches; NaN or
+    inf raises :class:`NonFiniteError`, naming the first row's entry of ``prompts`` if given."""
     was_training, out = model.training, []
     model.eval()
     device = next(model.parameters()).device
@@ -117,6 +151,6 @@ def score_ids(model: PreTrainedModel, rows: list[list[int]], pad_id: int, batch_
         mask = torch.zeros_like(ids)
         for j, r in enumerate(chunk):
             ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
-        out.append(sequence_rewards(model, ids.to(device), mask.to(device), raw=raw).float().cpu())
+        out.append(_last_rewards(model, ids.to(device), mask.to(device), raw).float().cpu())
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return check_rewards(model, torch.cat(out), prompts) if out else torch.zeros(0)

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl
 from rlhf.data.sources import data_file
-from rlhf.eval.measure import judge_pairs, mean_ci, rm_scores
+from rlhf.eval.measure import judge_pairs, mean_ci, require_finite, rm_scores
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import inference_device, load_causal_lm
 from rlhf.models.generate import sample
@@ -57,6 +57,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
             metrics[f"{name}/{key}"], metrics[f"{name}/{key}_lo"], metrics[f"{name}/{key}_hi"] = m, lo, hi
     helps = metrics["rm_best/win_rate_vs_one_lo"] > 0.5  # the 95% interval lies above a coin flip
     metrics["rm_helps"] = float(helps)
+    require_finite(metrics, f"{sdir}/final/rlhf.json")
     verdict = verdict_text(metrics, st.n)
     (log.info if helps else log.warning)("best-of-n: %s", verdict)
     save_json(sdir / "final", provenance(cfg, metrics, verdict=verdict, judge=feedback.describe(judge),

@@ -25,7 +25,8 @@ from rlhf import feedback
 from rlhf.algos.kl import best_of_n_kl
 from rlhf.data.formats import read_jsonl, write_jsonl
 from rlhf.data.sources import data_file
-from rlhf.eval.measure import few_shot_template, judge_pairs, mean_ci, response_logprobs, rm_scores, text_loss
+from rlhf.eval.measure import (few_shot_template, judge_pairs, mean_ci, require_finite, response_logprobs,
+                               rm_scores, text_loss)
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import inference_device, load_causal_lm
 from rlhf.models.generate import sample
@@ -94,6 +95,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         for key, (mean, lo, hi) in m.items():
             metrics[f"{name}/{key}"], metrics[f"{name}/{key}_lo"], metrics[f"{name}/{key}_hi"] = mean, lo, hi
         log.info("eval %s: %s", name, {k: round(v[0], 4) for k, v in m.items()})
+    require_finite({"metrics": metrics, "families": families}, f"{sdir}/final/rlhf.json")
     write_jsonl(sdir / "samples.jsonl", ({"prompt": p, **{n: responses[n][i] for n in runs}}
                                          for i, p in enumerate(flat)))
     save_json(sdir / "final", provenance(cfg, metrics, judge=feedback.describe(judge), models=dict(models),
