@@ -10,7 +10,9 @@ A labeler with only ``prefer`` ranks by :func:`rank_by_preferences`; a judge wit
 prefers by ranking ``[a, b]``. A plain function is a ``rank`` if it takes two arguments and a
 ``prefer`` if it takes three. Every call goes through :func:`call_rank` / :func:`call_prefer`:
 an exception, a malformed ranking or a value outside [0, 1] stops the stage with a
-:class:`FeedbackError` naming the prompt and what came back.
+:class:`FeedbackError` naming who (``labeler`` or ``judge``), the prompt and what came back.
+:func:`load` wraps what the config names in :class:`Retrying`: a call that raises is tried again
+(``retries`` times, waiting ``retry_wait`` seconds, doubling) before the stage stops.
 """
 from __future__ import annotations
 
@@ -19,14 +21,20 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import logging
 import math
 import operator
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+RETRIES, RETRY_WAIT = 5, 2.0  # for nodes without them (~labeler +labeler._target_=...): ~1 min, for an API
 
 
 class FeedbackError(RuntimeError):
@@ -39,6 +47,7 @@ def _short(text: str, n: int = 80) -> str:
 
 def describe(obj: Any) -> str:
     """A readable name for messages and provenance: ``module.function`` or the object's repr."""
+    obj = obj.obj if isinstance(obj, Retrying) else obj
     fn = obj.func if isinstance(obj, functools.partial) else obj
     if inspect.isfunction(fn) or inspect.ismethod(fn):
         return f"{fn.__module__}.{fn.__qualname__}"
@@ -146,9 +155,61 @@ def judge_rank(judge: Any, prompt: str, completions: list[str]) -> list[int]:
     return rank_by_preferences(judge, prompt, completions)
 
 
-def load(node) -> Any:
-    """Instantiate a ``labeler`` / ``judge`` config node (``_target_`` + arguments)."""
-    return instantiate(node, _convert_="all")
+def load(node, who: str | None = None) -> Retrying:
+    """Instantiate a ``labeler`` / ``judge`` config node (``_target_`` + arguments), its calls retried.
+
+    ``retries`` and ``retry_wait`` are the wrapper's, not the target's arguments. ``who`` names it in
+    messages; by default the node's key in the config (``cfg.judge`` -> "judge").
+    """
+    who = who or (node._key() if isinstance(node, DictConfig) else None) or "labeler"
+    # resolved while still in the config, so that ${seed} and ${oc.select:stage...} find their keys
+    args = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    retries, wait = args.pop("retries", RETRIES), args.pop("retry_wait", RETRY_WAIT)
+    return Retrying(instantiate(args, _convert_="all"), who, retries, wait)
+
+
+class Retrying:
+    """A labeler or judge whose failing calls are tried again: ``retries`` more times, the first
+    after ``retry_wait`` seconds, doubling (for your own: 2, 4, 8, 16, 32 s, ~1 min, which an API's
+    timeouts and rate limits outlast; the built-in ones: none). Only a call that raised is retried;
+    a malformed answer (a bad ranking, a value outside [0, 1]) is a bug that would come back the
+    same, and stops at once. ``retried`` counts the retries so far, for progress logs.
+    """
+
+    def __init__(self, obj: Any, who: str = "labeler", retries: int = RETRIES, retry_wait: float = RETRY_WAIT):
+        if not (isinstance(retries, int) and retries >= 0 and retry_wait >= 0):
+            raise FeedbackError(f"{who}.retries={retries} and {who}.retry_wait={retry_wait}: must be >= 0")
+        self.obj, self.who, self.retries, self.retry_wait, self.retried = obj, who, retries, retry_wait, 0
+
+    @property
+    def user(self) -> Any:
+        """What is called: a ``Custom``'s object itself, so messages name it and ``who`` it is."""
+        return self.obj.obj if isinstance(self.obj, Custom) else self.obj
+
+    def rank(self, prompt: str, completions: list[str]) -> list[int]:
+        if _role(self.user, "rank") == "prefer":  # by pairs, each pair retried alone
+            return rank_by_preferences(self, prompt, completions, who=self.who)
+        return self._call(call_rank, prompt, list(completions))
+
+    def prefer(self, prompt: str, a: str, b: str) -> float:
+        return self._call(call_prefer, prompt, a, b)
+
+    def _call(self, call, *args):
+        for attempt in itertools.count():
+            try:
+                return call(self.user, *args, who=self.who)
+            except FeedbackError as e:
+                if e.__cause__ is None or attempt == self.retries == 0:  # no cause: malformed, not raised
+                    raise
+                if attempt == self.retries:
+                    raise FeedbackError(f"{e} (gave up after {attempt} retries)") from e.__cause__
+                wait = self.retry_wait * 2 ** attempt
+                log.warning("%s; retry %d of %d in %g s", e, attempt + 1, self.retries, wait)
+                self.retried += 1
+                time.sleep(wait)
+
+    def __repr__(self) -> str:
+        return f"Retrying({self.obj!r}, {self.who}, retries={self.retries})"
 
 
 def resolve(target: str) -> Any:
@@ -259,9 +320,9 @@ class RewardModelJudge:
         new = [c for c in dict.fromkeys(completions) if (prompt, c) not in self._cache]
         if new:
             if self._rm is None:
-                if not self.path:
-                    raise ValueError("judge=rm needs an RM: judge.reward_model=<an RM final/> "
-                                     "(it defaults to stage.reward_model)")
+                if not self.path:  # a FeedbackError, not retried: a missing setting does not pass
+                    raise FeedbackError("judge=rm needs an RM: judge.reward_model=<an RM final/> "
+                                        "(it defaults to stage.reward_model)")
                 from transformers import AutoTokenizer
 
                 from rlhf.models.reward import load_reward_model

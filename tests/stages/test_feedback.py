@@ -32,6 +32,16 @@ def coin(prompt, a, b):                 # a judge that cannot tell anything apar
 
 def too_sure(prompt, a, b):
     return 1.5
+
+class FirstCallTimesOut:                # as prefer, but its first call raises, as an API's may
+    def __init__(self):
+        self.calls = 0
+
+    def prefer(self, prompt, a, b):
+        self.calls += 1
+        if self.calls == 1:
+            raise TimeoutError("slow API")
+        return prefer(prompt, a, b)
 '''
 
 
@@ -152,6 +162,17 @@ def test_when_the_rm_does_not_help_log_and_report_say_so(setup, rm, caplog):
     report_dir = build_report(run)
     assert f"**{plain}" in (report_dir / "summary.md").read_text()  # in bold, under "Best-of-n check"
     assert json.loads((report_dir / "report.json").read_text())["best_of_n"]["verdict"].startswith(plain)
+
+
+def test_a_judge_call_that_raises_is_retried_and_changes_nothing(setup, rm, caplog):
+    ov, _, sft = setup
+    runs = {name: train(make_config([*ov, *judge(setup, name), "judge.retry_wait=0", "stage=bestofn",
+                                     f"run_name={name}", f"init={sft}", f"stage.reward_model={rm}", "stage.n=4",
+                                     "stage.max_prompts=6"]))[0]
+            for name in ("prefer", "FirstCallTimesOut")}
+    assert runs["FirstCallTimesOut"] == runs["prefer"]
+    assert "judge <fb_stage_user.FirstCallTimesOut object at " in caplog.text  # the judge, named by its key
+    assert "TimeoutError('slow API'); retry 1 of 5 in 0 s" in caplog.text
 
 
 def test_the_trained_rm_as_judge(setup, rm):

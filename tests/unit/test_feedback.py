@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from rlhf.feedback import (Custom, FeedbackError, GoldJudge, RewardModelJudge, call_prefer, call_rank, judge_rank,
-                           rank_by_preferences, resolve)
+from rlhf.feedback import (RETRIES, Custom, FeedbackError, GoldJudge, Retrying, RewardModelJudge, call_prefer,
+                           call_rank, describe, judge_rank, load, rank_by_preferences, resolve)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "my_feedback.py"
 PROMPT = "reverse: cat dog sun"
@@ -130,3 +133,84 @@ def test_the_example_module_ranks_and_judges_sensibly():
     assert call_rank(rank, prompt, [empty, hedge, good, echo]) == [2, 1, 3, 0]
     assert call_prefer(prefer, prompt, good, hedge) == 1.0 and call_prefer(prefer, prompt, good, good) == 0.5
     assert call_rank(rules(max_words=2), prompt, [good, "bus owl."]) == [1, 0]
+
+
+class Flaky:
+    """A judge whose first ``fails`` calls raise, as an API that times out; then it prefers a."""
+
+    def __init__(self, fails: int):
+        self.fails, self.calls = fails, 0
+
+    def prefer(self, prompt, a, b):
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise TimeoutError("slow API")
+        return 1.0
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[float]:
+    """The retries' sleeps, recorded instead of slept."""
+    out = []
+    monkeypatch.setattr(time, "sleep", out.append)
+    return out
+
+
+def test_load_takes_the_retry_keys_for_itself_and_names_who_by_the_config_key():
+    cfg = OmegaConf.create({"seed": 3, "judge": {"_target_": "rlhf.feedback.WorldLabelers", "pool": "held_out",
+                                                 "seed": "${seed}", "retries": 2, "retry_wait": 0.5}})
+    judge = load(cfg.judge)  # WorldLabelers would reject retries= as an argument
+    assert (judge.who, judge.retries, judge.retry_wait) == ("judge", 2, 0.5)
+    assert describe(judge) == "WorldLabelers(held_out)"  # provenance names what the config names
+    labeler = load({"_target_": "rlhf.feedback.GoldJudge"}, who="labeler")
+    assert (labeler.who, labeler.retries, describe(labeler)) == ("labeler", RETRIES, "GoldJudge()")
+    with pytest.raises(FeedbackError, match=r"judge\.retries=-1"):
+        load({"_target_": "rlhf.feedback.GoldJudge", "retries": -1}, who="judge")
+
+
+def test_a_judge_that_raises_is_retried_with_doubling_waits(waits, caplog):
+    judge = Retrying(Flaky(2), "judge", retries=3, retry_wait=0.5)
+    assert call_prefer(judge, PROMPT, "a", "b") == 1.0
+    assert waits == [0.5, 1.0] and judge.retried == 2 and judge.obj.calls == 3
+    assert re.search(r"judge .*Flaky.* raised on prompt 'reverse: cat dog sun': TimeoutError\('slow API'\); "
+                     r"retry 2 of 3 in 1 s", caplog.text)
+
+
+def test_a_judge_that_keeps_failing_stops_named_as_the_judge_with_its_cause(waits, tmp_path):
+    judge = Retrying(Flaky(10), "judge", retries=2, retry_wait=0)
+    with pytest.raises(FeedbackError, match=r"^judge .*Flaky.* raised on prompt 'reverse: cat dog sun': "
+                                            r"TimeoutError\('slow API'\) \(gave up after 2 retries\)$") as e:
+        call_prefer(judge, PROMPT, "a", "b")
+    assert isinstance(e.value.__cause__, TimeoutError) and judge.obj.calls == 3
+    # a judge=custom that only ranks, asked for its best (bestofn) is named the judge, not a labeler
+    (tmp_path / "fb_down.py").write_text("def rank(prompt, completions):\n    raise ConnectionError('down')\n")
+    node = OmegaConf.create({"judge": {"_target_": "rlhf.feedback.Custom", "target": f"{tmp_path}/fb_down.py:rank",
+                                       "retries": 0}}).judge
+    with pytest.raises(FeedbackError, match=r"^judge fb_down\.rank raised on prompt .*ConnectionError\('down'\)$"):
+        judge_rank(load(node), PROMPT, COMPS)
+    assert waits == [0, 0]
+
+
+def test_malformed_answers_are_bugs_and_not_retried(waits):
+    calls = []
+    with pytest.raises(FeedbackError, match="returned 1.5"):
+        call_prefer(Retrying(lambda p, a, b: calls.append(p) or 1.5, "judge"), PROMPT, "a", "b")
+    with pytest.raises(FeedbackError, match="not a permutation"):
+        call_rank(Retrying(lambda p, c: [0, 0, 1], "labeler"), PROMPT, COMPS)
+    with pytest.raises(FeedbackError, match=r"judge\.reward_model"):  # a missing setting does not pass either
+        call_prefer(Retrying(RewardModelJudge(None), "judge"), PROMPT, "a", "b")
+    assert len(calls) == 1 and waits == []
+
+
+def test_a_prefer_only_labeler_retries_the_pair_that_failed_not_the_ranking(waits):
+    asked = []
+
+    def prefer_shorter(prompt, a, b):
+        asked.append((a, b))
+        if len(asked) == 2:
+            raise ConnectionError("reset")
+        return float(len(a) < len(b))
+
+    labeler = Retrying(prefer_shorter, "labeler", retries=1, retry_wait=0)
+    assert call_rank(labeler, PROMPT, COMPS) == [1, 2, 0]
+    assert len(asked) == 4 and asked[1] == asked[2] and labeler.retried == 1  # 3 pairs, the second twice
