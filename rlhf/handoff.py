@@ -3,16 +3,20 @@
 Layout of a stage directory::
 
     config.yaml          the resolved config of the run that wrote it
-    checkpoints/last.ckpt  Lightning checkpoint for resume
+    checkpoints/last.ckpt  Lightning checkpoint for resume (``rlhf.checkpoint``)
     logs/version_N/metrics.csv  every logged metric, one file per start (CSV always; wandb too)
     epochs/epoch_N/      HF export after each epoch (SFT: the pipeline picks one by RM score)
     final/               HF directory plain ``transformers`` loads, plus ``rlhf.json``
                          (provenance and final metrics); its presence marks the stage done
+
+Everything here is written atomically: assembled beside its place (``partial_path``), then renamed.
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf.distributed import full_model
 
 PROVENANCE = "rlhf.json"
+# what a stage's training run leaves beside final/: removed when a stage starts from scratch
+RUN_STATE = ("checkpoints", "epochs", "candidates", "logs", "samples.jsonl", "alarms.jsonl")
 
 
 def stage_dir(cfg: DictConfig) -> Path:
@@ -31,11 +37,6 @@ def stage_dir(cfg: DictConfig) -> Path:
 
 def is_finished(sdir: Path) -> bool:
     return (sdir / "final" / PROVENANCE).is_file()
-
-
-def last_checkpoint(sdir: Path) -> Path | None:
-    ckpt = sdir / "checkpoints" / "last.ckpt"
-    return ckpt if ckpt.is_file() else None
 
 
 def metrics_rows(sdir: Path) -> list[dict]:
@@ -62,21 +63,63 @@ def provenance(cfg: DictConfig, metrics: dict, **extra) -> dict:
     }
 
 
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is assembled before it replaces ``path``: beside it, so on its filesystem."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """``path`` holds the old text or the new, never a part: a file beside it, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def publish(tmp: Path, out_dir: Path) -> Path:
+    """Move a directory assembled at ``tmp`` to ``out_dir``, replacing an older one (two renames:
+    a kill between them leaves no ``out_dir``, so the stage is not finished and reruns its export)."""
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    remove(old)
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    remove(old)
+    return out_dir
+
+
 def save_json(out_dir: Path, info: dict) -> Path:
-    """Write ``rlhf.json``; stages without weights (collect, eval) write only this."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / PROVENANCE).write_text(json.dumps(info, indent=2) + "\n")
+    """Write ``rlhf.json`` atomically; stages without weights (collect, eval) write only this.
+    A NaN or infinity raises: no ``rlhf.json`` holds a bare ``NaN``."""
+    write_atomic(out_dir / PROVENANCE, json.dumps(info, indent=2, allow_nan=False) + "\n")
     return out_dir
 
 
 def save_hf(model, tokenizer, out_dir: Path, info: dict | None = None) -> Path:
-    """Write an HF directory (weights, config, tokenizer) and, if given, ``rlhf.json``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    if info is not None:  # written last: its presence marks a complete export
-        save_json(out_dir, info)
-    return out_dir
+    """Write an HF directory (weights, config, tokenizer) and, if given, ``rlhf.json``; assembled
+    beside ``out_dir`` and moved into place whole."""
+    tmp = partial_path(out_dir)
+    remove(tmp)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if info is not None:
+        save_json(tmp, info)
+    return publish(tmp, out_dir)
 
 
 def read_provenance(final_dir: str | Path) -> dict:
@@ -92,8 +135,8 @@ def rm_template(rm_dir: str | Path) -> str:
 def save_config(cfg: DictConfig, out_dir: Path) -> None:
     """``config.yaml``, resolved: in the stage directory when it starts, in ``final/`` when it ends
     (so a copied ``final/`` describes itself). ``steps`` are the pipeline's overlays, not this stage's."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "steps"]), out_dir / "config.yaml", resolve=True)
+    write_atomic(out_dir / "config.yaml",
+                 OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "steps"]), resolve=True))
 
 
 class EpochExport(pl.Callback):

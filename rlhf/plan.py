@@ -27,10 +27,12 @@ READS = {
 # how a run is watched or saved, not what it computes
 # (model.pretrain_lr reaches a result only as pretrain's stage.optim.lr, which is compared)
 NOT_RESULTS = ("trainer.enable_progress_bar", "trainer.log_every_n_steps", "stage.save_every_n_steps",
+               "stage.save_every_minutes",
                "stage.log_samples", "stage.log_samples_every", "data.dir", "data.files", "data.name",
                "model.pretrain_lr",
                "stage.shared_prompt", "stage.pack", "ptx.pack",  # layouts: the same result to float tolerance
-               "stage.alarms")  # PPO's monitor (its eval_every and prompts pick the exported checkpoint)
+               "stage.alarms",  # PPO's monitor (its eval_every and prompts pick the exported checkpoint)
+               "labeler.retries", "labeler.retry_wait", "judge.retries", "judge.retry_wait")  # how often a call is retried
 
 
 class PlannedStep(NamedTuple):
@@ -89,16 +91,17 @@ def check_finished(name: str, stage: str, cfg: DictConfig, rerun: bool, inputs_r
     return PlannedStep(name, cfg, "skip", f"finished in {sdir} with this config", stage)
 
 
-def config_changes(cfg: DictConfig) -> list[str]:
-    """``key: recorded -> now`` for each result key in which ``cfg`` differs from the config its
-    finished stage recorded (``final/config.yaml``: what made it; else the stage directory's).
-    Keys only one side has (renamed or dropped by an upgrade) are not compared."""
+def config_changes(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``key: recorded -> now`` for each result key (but ``ignore``) in which ``cfg`` differs from
+    the config its finished stage recorded (``final/config.yaml``: what made it; else the stage
+    directory's). Keys only one side has (renamed or dropped by an upgrade) are not compared."""
     sdir = stage_dir(cfg)
     record = next((p for p in (sdir / "final" / "config.yaml", sdir / "config.yaml") if p.is_file()), None)
     if record is None:
         return [f"no config.yaml recorded in {sdir}"]
     recorded = result_keys(OmegaConf.to_container(OmegaConf.load(record), resolve=True))
-    return [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in result_keys(cfg).items() if k in recorded and recorded[k] != v]
+    return [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in result_keys(cfg).items()
+            if k in recorded and recorded[k] != v and k not in ignore]
 
 
 def describe(steps: list[PlannedStep], configs: bool = False) -> str:

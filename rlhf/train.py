@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -15,15 +16,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.checkpoint import NonFiniteError, ResumeCheckpoint, check_finite, check_readable, last_checkpoint
 from rlhf.distributed import build_strategy, gather_for_export
-from rlhf.handoff import is_finished, last_checkpoint, provenance, read_provenance, save_config, stage_dir
+from rlhf.handoff import (RUN_STATE, is_finished, partial_path, provenance, publish, read_provenance, remove,
+                          save_config, stage_dir)
 from rlhf.plan import config_changes
 from rlhf.schema import ConfigError, register, validate
 
 log = logging.getLogger(__name__)
+# keys a run may resume with a new value of: they say only where it stops. A PPO run that goes on to
+# iteration N is the run its config would make from scratch (its prompts, seeds and schedules are
+# functions of the iteration, not of the end); an LM or RM stage's cosine schedule spans its end.
+EXTENDABLE = {"ppo": ("trainer.max_steps", "stage.iterations")}
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's top-level conf/
 register()  # the schemas conf/ extends must be in the ConfigStore before anything composes
 
@@ -42,18 +49,64 @@ def build_trainer(cfg: DictConfig, sdir, callbacks: list) -> pl.Trainer:
         kwargs["precision"] = auto_precision()
     strategy = build_strategy(cfg)
     loggers = [instantiate(c) for c in cfg.logger.values()] if cfg.get("logger") else False
-    ckpt = ModelCheckpoint(dirpath=sdir / "checkpoints", save_last=True, save_top_k=0,
-                           every_n_train_steps=cfg.stage.get("save_every_n_steps"))
-    callbacks = [ckpt, *callbacks] + ([LearningRateMonitor("step")] if loggers else [])
+    ckpt = ResumeCheckpoint(sdir, cfg.stage.name, cfg.stage.get("save_every_n_steps"), cfg.stage.get("save_every_minutes"))
+    # last: an epoch's exports (epochs/epoch_N) are on disk before the checkpoint that skips past them
+    callbacks = [*callbacks, *([LearningRateMonitor("step")] if loggers else []), ckpt]
     return pl.Trainer(default_root_dir=str(sdir), max_epochs=cfg.stage.epochs, strategy=strategy,
-                      logger=loggers, callbacks=callbacks, **kwargs)
+                      logger=loggers, callbacks=callbacks, enable_checkpointing=False, **kwargs)
+
+
+def start_or_resume(cfg: DictConfig, sdir: Path, partial: list[Path]) -> Path | None:
+    """What this run continues from: ``last.ckpt`` (or a stage's own partial files, ``partial``)
+    when ``resume`` and not ``force``, after checking that the config that made them matches this
+    one in every key that changes the result; otherwise everything an earlier run left is removed,
+    so nothing of it feeds this run. Returns the checkpoint to resume from, if any."""
+    ckpt = last_checkpoint(sdir)
+    if (ckpt or partial) and cfg.resume and not cfg.force:
+        changes = config_changes(cfg, ignore=EXTENDABLE.get(cfg.stage.kind, ()))
+        if changes:
+            raise ConfigError(f"stage {cfg.stage.name} in {sdir} was started with another config and would resume "
+                              f"from {ckpt or partial[0]}: {'; '.join(changes)}. Rerun with the config it was started "
+                              "with to resume, resume=false to train it from scratch, or another run_name")
+        step, end = check_readable(ckpt) if ckpt else None, last_step(cfg)
+        if step is not None and end is not None and step > end:
+            raise ConfigError(f"{ckpt} is at step {step}, past this config's end ({end}): resume=false trains "
+                              "from scratch to that end, or use another run_name")
+        if ckpt:
+            log.info("resuming %s from %s", cfg.stage.name, ckpt)
+        return ckpt
+    # force: the old final/ goes too, so a forced run that is killed is not taken for finished
+    left = [p for p in [*(sdir / name for name in RUN_STATE), *partial, *([sdir / "final"] if cfg.force else [])]
+            if p.exists()]
+    if left:
+        log.info("%s starts from scratch (%s): removing %s", cfg.stage.name,
+                 "force=true" if cfg.force else "resume=false" if not cfg.resume else "nothing to resume",
+                 ", ".join(p.name for p in left))
+        for p in left:
+            remove(p)
+    return None
+
+
+def last_step(cfg: DictConfig) -> int | None:
+    """Where a PPO run stops (``trainer.max_steps`` or ``stage.iterations``); None: by epochs."""
+    ends = [n for n in (cfg.trainer.max_steps, cfg.stage.get("iterations")) if n is not None and n > 0]
+    return min(ends) if ends and cfg.stage.kind == "ppo" else None
+
+
+def check_metrics(stage: str, metrics: dict) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteError(f"stage {stage} finished with metrics that are not finite: "
+                             f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}; nothing was exported")
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     """Run ``cfg.stage`` and write its ``final/``; return (metrics, objects).
 
-    A stage whose ``final/`` exists is skipped unless ``force=true``; a stage with a
-    ``checkpoints/last.ckpt`` resumes from it (``resume=false`` starts over).
+    A stage whose ``final/`` exists is skipped unless ``force=true`` (which trains it from
+    scratch); otherwise it resumes from ``checkpoints/last.ckpt`` if the config matches
+    (:func:`start_or_resume`). ``final/`` is assembled beside the stage directory's and moved in
+    whole, and only from finite weights and metrics.
     """
     validate(cfg)
     sdir = stage_dir(cfg)
@@ -61,28 +114,32 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
         changes = config_changes(cfg)
         if changes:
             raise ConfigError(f"stage {cfg.stage.name} in {sdir} finished with another config: {'; '.join(changes)}. "
-                              "force=true resume=false trains it again from scratch; or use another run_name")
-        log.info("stage %s already finished in %s (force=true resume=false reruns it)", cfg.stage.name, sdir)
+                              "force=true trains it again from scratch; or use another run_name")
+        log.info("stage %s already finished in %s (force=true reruns it)", cfg.stage.name, sdir)
         return read_provenance(sdir / "final")["metrics"], {}
+    stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
+    ckpt = start_or_resume(cfg, sdir, getattr(stage, "partial_state", lambda _: [])(sdir))
     save_config(cfg, sdir)
     pl.seed_everything(cfg.seed, workers=True)
-    stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
     if hasattr(stage, "run"):  # stages without a training loop (collect, eval)
         metrics = stage.run(cfg, sdir)
         save_config(cfg, sdir / "final")
         return metrics, {}
     module, datamodule, tok, stage_callbacks = stage.setup(cfg, sdir)
     trainer = build_trainer(cfg, sdir, [*stage_callbacks, *(callbacks or [])])
-    ckpt = last_checkpoint(sdir) if cfg.resume else None
-    if ckpt:
-        log.info("resuming %s from %s", cfg.stage.name, ckpt)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    saved = next(c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)).metrics
+    metrics = {**saved, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+    check_finite(trainer, cfg.stage.name)
+    check_metrics(cfg.stage.name, metrics)
     gather_for_export(trainer, module)  # sharded strategies: whole models on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         counts = {s: vars(c) for s, c in getattr(datamodule, "counts", {}).items()}
-        stage.export(module, tok, sdir / "final", provenance(cfg, metrics, data_counts=counts))
-        save_config(cfg, sdir / "final")
+        tmp = partial_path(sdir / "final")
+        remove(tmp)
+        stage.export(module, tok, tmp, provenance(cfg, metrics, data_counts=counts))
+        save_config(cfg, tmp)
+        publish(tmp, sdir / "final")
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "tokenizer": tok}
 
 

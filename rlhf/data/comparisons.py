@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf.algos.ranking import ranking_to_ranks
+from rlhf.checkpoint import ResumableLoader
 from rlhf.data.formats import DataError, read_jsonl
 from rlhf.data.lm import Counts, collate_right
 from rlhf.models.attention import collate_segmented, pack_groups, shared_prompt_row
@@ -115,7 +116,8 @@ class ComparisonDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+        loader = ResumableLoader if shuffle else DataLoader  # training's position is kept in last.ckpt
+        return loader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
                           collate_fn=lambda b: collate_comparisons(b, self.tok.pad_token_id, self.shared_prompt))
 
     def train_dataloader(self) -> DataLoader:

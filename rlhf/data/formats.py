@@ -14,6 +14,7 @@ A line that breaks its schema stops the load with ``file:line: what is wrong``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -99,9 +100,18 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write all records or none: into a file beside ``path``, renamed over it when complete.
+    A NaN or infinity raises (JSON has none; a bare ``NaN`` breaks other readers)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

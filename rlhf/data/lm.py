@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
+from rlhf.checkpoint import ResumableLoader
 from rlhf.data.formats import read_jsonl
 from rlhf.models.attention import collate_segmented, pack_documents
 from rlhf.models.tokenizer import encode_pair
@@ -126,7 +127,8 @@ class LMDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
+        loader = ResumableLoader if shuffle else DataLoader  # training's position is kept in last.ckpt
+        return loader(self.data[split], batch_size=self.batch_size, shuffle=shuffle, generator=g,
                           collate_fn=lambda b: collate_lm(b, self.tok.pad_token_id, self.pack))
 
     def train_dataloader(self) -> DataLoader:

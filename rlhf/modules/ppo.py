@@ -242,7 +242,7 @@ class PPOModule(pl.LightningModule):
                 for i in range(min(n, len(prompts)))]
         if self.samples_path:
             with open(self.samples_path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                f.writelines(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
         for lg in self.loggers:
             if isinstance(lg, WandbLogger):
                 lg.log_table(key="samples", columns=list(rows[0]), data=[list(r.values()) for r in rows])

@@ -42,7 +42,8 @@ class Stage:
 class TrainedStage(Stage):
     epochs: int = size()                         # Lightning max_epochs
     batch_size: int = size()
-    save_every_n_steps: Optional[int] = size()   # last.ckpt every N optimizer steps; null: every epoch end
+    save_every_n_steps: Optional[int] = size()   # last.ckpt every N optimizer steps (PPO: iterations); null: off
+    save_every_minutes: Optional[float] = positive()  # and after this much wall time; null: off (epoch ends, signals: always)
 
 
 @dataclass

@@ -133,3 +133,28 @@ def test_a_preempted_job_is_requeued_and_resumes_from_last_ckpt(cluster, ppo_ove
     assert steps[0] == 0 and steps[-1] == 15 and len(set(steps)) == 16  # every iteration, none skipped
     assert "resuming ppo from" in (job_dir / "train.log").read_text()
     assert (job_dir / "final" / "rlhf.json").is_file()
+
+
+@pytest.mark.slow  # ~1 min: two starts of a job and SLURM's requeue delay (make test-slow)
+def test_a_preempted_sft_job_saves_at_the_signal_and_resumes_with_no_step_lost(cluster, tiny_models, data_overrides,
+                                                                               tmp_path):
+    """Default cadence (epoch ends, every 10 min): the checkpoint that the requeued job resumes from
+    is written at the step boundary after SIGUSR2, before submitit requeues the job."""
+    sweep = tmp_path / "sweep"
+    proc = start_multirun(cluster, [*LAUNCH, f"hydra.sweep.dir={sweep}", *data_overrides, "stage=sft",
+                                    f"init={tiny_models['sft']}", "stage.epochs=40", "trainer.limit_train_batches=10",
+                                    "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1", "stage.batch_size=16",
+                                    "stage.export_every_epoch=false", "objective=val/loss"])
+    job_dir = sweep / "0"
+    wait_for("the first epoch's checkpoint", lambda: (job_dir / "checkpoints" / "last.ckpt").is_file(), 150, proc)
+    job = next(j for j, state, _ in cluster.jobs() if state == "RUNNING")
+    subprocess.run(["scancel", "--signal=USR2", job], env=cluster.env, check=True)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out[-4000:]
+    logs = sorted(job_dir.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    assert len(logs) == 2, logs  # two starts of the same stage directory
+    first, second = ([int(r["step"]) for r in csv.DictReader(f.open()) if r.get("train/loss")] for f in logs)
+    assert 10 <= first[-1] + 1 == second[0], (first[-1], second[0])  # resumed at the step after the last one trained
+    assert sorted(first + second) == list(range(400))  # every step once: none lost, none repeated
+    assert "resuming sft from" in (job_dir / "train.log").read_text()
+    assert (job_dir / "final" / "rlhf.json").is_file()

@@ -68,16 +68,6 @@ def test_final_loads_with_plain_transformers_and_generates(pretrained, toy_overr
     assert info["stage"] == "sft" and info["init"] == str(pretrained) and "val/loss" in info["metrics"]
 
 
-def test_resumed_sft_continues_from_last_ckpt(pretrained, toy_overrides, tmp_path):
-    base = [*toy_overrides, "stage=sft", f"init={pretrained}", "stage.save_every_n_steps=1", "run_name=resume"]
-    train(make_config([*base, "trainer.max_steps=5"]))
-    sdir = tmp_path / "resume" / "sft"
-    (sdir / "final" / "rlhf.json").unlink()  # as if killed before the export
-    snap = Snapshot()
-    _, objs = train(make_config([*base, "trainer.max_steps=9"]), callbacks=[snap])
-    assert snap.start_step == 5 and objs["trainer"].global_step == 9
-
-
 def test_finished_stage_is_skipped_unless_forced(pretrained, toy_overrides):
     base = [*toy_overrides, "stage=sft", f"init={pretrained}", "debug=fast", "run_name=skip"]
     first, _ = train(make_config(base))

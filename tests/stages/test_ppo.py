@@ -48,6 +48,15 @@ PHASES = ("generation", "policy_pass", "reference_pass", "value_pass", "rm_pass"
           "policy_update", "value_update", "ptx")
 
 
+class Crash(pl.Callback):
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("crash")
+
+
 class Snapshot(pl.Callback):
     def on_train_start(self, trainer, module):
         self.start_step = trainer.global_step
@@ -209,15 +218,15 @@ def _state(module, trainer) -> dict:
 
 
 def test_killed_run_resumes_to_the_state_of_an_uninterrupted_run(ppo, tmp_path):
-    """2 iterations, 'killed' (final/ marker removed), rerun to 4 == 4 iterations in one go: policy,
-    value, EMA, both optimizers, LR schedule, KL controller, step and prompts all restored."""
+    """Crashed before iteration 2, rerun to 4 == 4 iterations in one go: policy, value, EMA, both
+    optimizers, LR schedule, KL controller, step and prompts all restored."""
     base = [*ppo, "ptx=paper", "ptx.examples_per_episode=1", "kl=adaptive", "kl.horizon=100",
-            "stage.optim.warmup_iterations=3"]
+            "stage.optim.warmup_iterations=3", "trainer.max_steps=4"]
     whole, resumed, first = Snapshot(), Snapshot(), Snapshot()
-    _, a = train(make_config([*base, "trainer.max_steps=4", "run_name=whole"]), callbacks=[whole])
-    train(make_config([*base, "trainer.max_steps=2", "run_name=killed"]), callbacks=[first])
-    (tmp_path / "killed" / "ppo" / "final" / "rlhf.json").unlink()
-    _, b = train(make_config([*base, "trainer.max_steps=4", "run_name=killed"]), callbacks=[resumed])
+    _, a = train(make_config([*base, "run_name=whole"]), callbacks=[whole])
+    with pytest.raises(RuntimeError, match="crash"):
+        train(make_config([*base, "run_name=killed"]), callbacks=[first, Crash(at=2)])
+    _, b = train(make_config([*base, "run_name=killed"]), callbacks=[resumed])
     assert resumed.start_step == 2 and b["trainer"].global_step == 4
     assert resumed.start_beta != first.start_beta  # the adaptive beta came back from the checkpoint
     assert resumed.prompts == {k: whole.prompts[k] for k in (2, 3)}  # the data position continued
