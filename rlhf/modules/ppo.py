@@ -35,6 +35,7 @@ from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
 from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
 from rlhf.distributed import clip_grad_norm, gathered, is_sharded, shard
+from rlhf.handoff import write_atomic
 from rlhf.modules.lm import lm_logits
 from rlhf.rollout import check_finite, phase, response_logits, response_values, rollout
 
@@ -76,6 +77,14 @@ class PPOModule(pl.LightningModule):
         shard(self, self.reference, *rms, *([self.ema.module] if self.ema else []), trainable=False)
         if is_sharded(self.policy):  # FSDP2 loads a checkpoint's weights before on_load_checkpoint could
             self.strict_loading = False  # add the frozen ones: they keep what setup loaded from disk
+
+    def on_train_start(self) -> None:
+        """A resumed run drops the sample rows of iterations after its checkpoint: it makes them again."""
+        if self.samples_path and self.trainer.is_global_zero and self.samples_path.is_file():
+            rows = self.samples_path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = [r for r in rows if r.strip() and json.loads(r)["iteration"] < self.trainer.global_step]
+            if len(kept) < len(rows):
+                write_atomic(self.samples_path, "".join(kept))
 
     def export_model(self):
         """The policy to hand on: the EMA weights (paper), or the policy itself without EMA."""
@@ -231,7 +240,7 @@ class PPOModule(pl.LightningModule):
 
     def _log_samples(self, it: int, prompts: list[str], info) -> None:
         """Every ``log_samples_every`` iterations: a few (prompt, response, score) rows to
-        ``samples.jsonl`` (appended; a resumed run may repeat an iteration) and the wandb table."""
+        ``samples.jsonl`` (appended; a resumed run first drops the rows after its checkpoint) and the wandb table."""
         every, n = self.st.log_samples_every, self.st.log_samples
         if not every or it % every or not n or not self.trainer.is_global_zero:
             return

@@ -3,6 +3,7 @@ changed configs and diverged runs, each on the real stages through the Hydra con
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import signal
@@ -104,6 +105,10 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_weights_of_an_uninterrup
     _, objs = train(make_config([*base, "run_name=killed"]))  # the same command again
     assert objs["trainer"].global_step == steps
     assert_same_weights(setup["root"] / "whole" / stage / "final", sdir / "final")
+    if stage == "ppo":  # every iteration's samples once, as in the uninterrupted run
+        def its(d):
+            return [json.loads(line)["iteration"] for line in (d / "samples.jsonl").read_text().splitlines()]
+        assert its(sdir) == its(setup["root"] / "whole" / stage)
 
 
 class FullDisk(pl.Callback):
