@@ -10,35 +10,29 @@ directory, before the output is written.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from rlhf.data.formats import DataError, write_jsonl
+from rlhf.data.formats import DataError, iter_jsonl, write_jsonl
 from rlhf.handoff import rm_template
 from rlhf.models.reward import load_reward_model, normalization, score_ids
 from rlhf.models.tokenizer import encode_pair, prepare_tokenizer
 
 
-
 def read_scoring_input(path: Path) -> list[dict]:
-    """Records with non-empty string ``prompt`` and ``response``; errors name file:line."""
+    """Records with non-empty string ``prompt`` and ``response``; errors name file:line, an empty
+    file is an error (read as ``rlhf.data.formats.read_jsonl`` reads: UTF-8, a leading BOM skipped)."""
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for key in ("prompt", "response"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise DataError(f"{path}:{lineno}: {key!r} is missing, empty or not a string")
-            records.append(rec)
+    for lineno, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        for key in ("prompt", "response"):
+            if not isinstance(rec.get(key), str) or not rec[key].strip():
+                raise DataError(f"{path}:{lineno}: {key!r} is missing, empty or not a string")
+        records.append(rec)
+    if not records:
+        raise DataError(f'{path}: no records to score (expected JSONL of {{"prompt", "response"}})')
     return records
 
 

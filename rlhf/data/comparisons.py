@@ -2,7 +2,8 @@
 
 Each completion is ``encode_pair(prompt, completion) = prompt + completion + EOS`` under the
 SFT data's over-long policy (``rlhf.data.lm``): a comparison whose prompt is too long is
-dropped whole and counted; over-long completions are truncated and counted.
+dropped whole, counted and its line logged; over-long completions are truncated and counted. A
+file left with no comparison stops the stage, naming it, the counts and ``data.max_prompt_tokens``.
 
 Every completion is encoded once, in one of two layouts (``shared_prompt``):
 
@@ -31,8 +32,8 @@ from torch.utils.data import DataLoader
 
 from rlhf.algos.ranking import ranking_to_ranks
 from rlhf.checkpoint import ResumableLoader
-from rlhf.data.formats import DataError, read_jsonl
-from rlhf.data.lm import Counts, collate_right
+from rlhf.data.formats import read_numbered
+from rlhf.data.lm import Counts, collate_right, report_drops
 from rlhf.models.attention import collate_segmented, pack_groups, shared_prompt_row
 from rlhf.models.tokenizer import encode_pair
 
@@ -40,17 +41,19 @@ log = logging.getLogger(__name__)
 
 
 def encode_comparisons(records, tok, template: str, max_prompt: int, max_response: int,
-                       counts: Counts) -> list[dict]:
+                       counts: Counts, dropped: list[int] | None = None) -> list[dict]:
     """``{"prompt": ids, "completions": [ids + EOS], "ranks": [K]}`` per kept prompt.
 
-    ``counts`` counts prompts (kept, dropped for a long prompt) and truncated completions.
+    ``counts`` counts prompts (kept, dropped for a long prompt) and truncated completions; the
+    index (in ``records``) of each dropped one is appended to ``dropped``.
     """
-    out = []
-    for rec in records:
+    out, dropped = [], [] if dropped is None else dropped
+    for i, rec in enumerate(records):
         pairs = [encode_pair(tok, rec["prompt"], c, template) for c in rec["completions"]]
         prompt = pairs[0][0]
         if len(prompt) > max_prompt:  # same prompt for all K: the whole comparison goes
             counts.dropped_long_prompt += 1
+            dropped.append(i)
             continue
         completions = [r[:max_response] for _, r in pairs]  # cut: the EOS is lost, no false end learnt
         counts.truncated_response += sum(len(r) > max_response for _, r in pairs)
@@ -102,11 +105,10 @@ class ComparisonDataModule(pl.LightningDataModule):
                 continue
             self.data[split], total = [], self.counts.setdefault(split, Counts())
             for path in [paths] if isinstance(paths, str) else paths:
-                counts = Counts()
-                rows = encode_comparisons(read_jsonl(path, "comparison"), self.tok, self.template,
-                                          self.max_prompt, self.max_response, counts)
-                if not rows:
-                    raise DataError(f"{path}: every comparison was dropped (prompt > {self.max_prompt} tokens)")
+                counts, numbered, dropped = Counts(), read_numbered(path, "comparison"), []
+                rows = encode_comparisons([rec for _, rec in numbered], self.tok, self.template,
+                                          self.max_prompt, self.max_response, counts, dropped)
+                report_drops(path, "comparison", [numbered[i][0] for i in dropped], counts.kept, self.max_prompt)
                 self.data[split] += rows
                 for key, value in vars(counts).items():
                     setattr(total, key, getattr(total, key) + value)

@@ -1,6 +1,7 @@
 """The JSONL formats every stage reads, shared by the built-in world and by users.
 
-One JSON object per line. Extra keys are kept (the world adds ``family``).
+One JSON object per line, UTF-8 (a byte-order mark at the start is skipped). Extra keys are
+kept (the world adds ``family``).
 
 - ``text``:          ``{"text": str}``                               (pretraining)
 - ``demonstration``: ``{"prompt": str, "completion": str}``          (SFT)
@@ -9,14 +10,18 @@ One JSON object per line. Extra keys are kept (the world adds ``family``).
                      ``{"prompt", "chosen", "rejected"}`` is read as the K=2 case
 - ``prompt``:        ``{"prompt": str}``                              (RL, evaluation)
 
-A line that breaks its schema stops the load with ``file:line: what is wrong``.
+A line that breaks its schema stops the load with ``file:line: what is wrong``: bytes that are
+not UTF-8, a ranking of anything but ints (``true``, ``1.0``, ``"1"``), the same completion twice
+(texts compared after ``strip()``: a ranking between them teaches nothing), and a record with
+both the pairwise and the ranked keys (which one was meant is unknown).
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 K_MIN, K_MAX = 2, 9  # the paper ranks K = 4..9; pairwise data is K = 2
 KINDS = ("text", "demonstration", "comparison", "prompt")
@@ -36,17 +41,50 @@ def _nonempty_str(rec: dict, key: str) -> str | None:
     return None
 
 
+def _same(a: str, b: str) -> str | None:
+    """Why texts a and b count as one completion (equal after ``strip()``), else None."""
+    if a.strip() != b.strip():
+        return None
+    return "the same text" if a == b else "the same text but for leading or trailing whitespace"
+
+
+def _duplicate(texts: list[str]) -> str | None:
+    for j, b in enumerate(texts):  # K <= 9: all pairs are cheap
+        for i, a in enumerate(texts[:j]):
+            if same := _same(a, b):
+                return f"completions {i} and {j} are {same}"
+    return None
+
+
+def _check_ranking(ranking: Any, k: int) -> str | None:
+    if ranking is None:
+        return "missing key 'ranking'"
+    if not isinstance(ranking, list):
+        return f"'ranking' must be a list of ints, got {type(ranking).__name__}"
+    for i, r in enumerate(ranking):
+        if type(r) is not int:  # bool is an int to Python: [true, false] would pass as [1, 0]
+            return f"'ranking' must be a list of ints: item {i} is {json.dumps(r)}, not an int"
+    if sorted(ranking) != list(range(k)):
+        return f"'ranking' {ranking!r} is not a permutation of 0..{k - 1}"
+    return None
+
+
 def _check_comparison(rec: dict) -> str | None:
-    if "chosen" in rec or "rejected" in rec:  # pairwise = K=2, chosen first
+    pairwise, ranked = "chosen" in rec or "rejected" in rec, "completions" in rec or "ranking" in rec
+    if pairwise and ranked:
+        return "both 'chosen'/'rejected' and 'completions'/'ranking'; keep one form"
+    if pairwise:  # pairwise = K=2, chosen first
         for key in ("prompt", "chosen", "rejected"):
             if err := _nonempty_str(rec, key):
                 return err
+        if same := _same(rec["chosen"], rec["rejected"]):
+            return f"'chosen' and 'rejected' are {same}"
         rec["completions"] = [rec.pop("chosen"), rec.pop("rejected")]
         rec["ranking"] = [0, 1]
         return None
     if err := _nonempty_str(rec, "prompt"):
         return err
-    comps, ranking = rec.get("completions"), rec.get("ranking")
+    comps = rec.get("completions")
     if not isinstance(comps, list):
         return "'completions' must be a list of strings"
     if not K_MIN <= len(comps) <= K_MAX:
@@ -54,9 +92,7 @@ def _check_comparison(rec: dict) -> str | None:
     for i, c in enumerate(comps):
         if not isinstance(c, str) or not c.strip():
             return f"completion {i} is empty or not a string"
-    if not isinstance(ranking, list) or sorted(ranking) != list(range(len(comps))):
-        return f"'ranking' {ranking!r} is not a permutation of 0..{len(comps) - 1}"
-    return None
+    return _duplicate(comps) or _check_ranking(rec.get("ranking"), len(comps))
 
 
 def check_record(rec: Any, kind: str) -> str | None:
@@ -77,26 +113,44 @@ def check_record(rec: Any, kind: str) -> str | None:
     return _check_comparison(rec)
 
 
-def read_jsonl(path: str | Path, kind: str) -> list[dict]:
-    """Read and validate a JSONL file of ``kind``; raise DataError naming file:line."""
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line; bytes or JSON that do not parse raise
+    DataError naming file:line. A UTF-8 byte-order mark at the start is skipped (spreadsheets
+    write one); the file is read as bytes and split at ``\\n`` only, as JSONL is defined."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            raw = raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8: byte {raw[e.start]:#04x} at byte offset {e.start} "
+                                "of the line (save the file as UTF-8)") from None
+            if not line.strip():
+                continue  # blank lines (e.g. a trailing newline) carry no record
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_numbered(path: str | Path, kind: str) -> list[tuple[int, dict]]:
+    """(line number, record) of a JSONL file of ``kind``, validated; raise DataError naming file:line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file (expected JSONL of {kind} records)")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue  # blank lines (e.g. a trailing newline) carry no record
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if err := check_record(rec, kind):
-                raise DataError(f"{path}:{lineno}: {err} (expected a {kind} record)")
-            records.append(rec)
+    for lineno, rec in iter_jsonl(path):
+        if err := check_record(rec, kind):
+            raise DataError(f"{path}:{lineno}: {err} (expected a {kind} record)")
+        records.append((lineno, rec))
     if not records:
         raise DataError(f"{path}: no {kind} records")
     return records
+
+
+def read_jsonl(path: str | Path, kind: str) -> list[dict]:
+    """Read and validate a JSONL file of ``kind``; raise DataError naming file:line."""
+    return [rec for _, rec in read_numbered(path, kind)]
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:

@@ -3,7 +3,9 @@
 Over-long policy (paper: prompts over 1k tokens are dropped, responses capped at 1k):
 examples whose prompt exceeds ``max_prompt_tokens`` are dropped; responses longer than
 ``max_response_tokens`` are truncated (their EOS is lost, so the model learns no false end).
-Both are counted and logged, never silent.
+Both are counted (``counts``, recorded in ``rlhf.json`` as ``data_counts``) and the dropped ones
+logged with their line numbers; a split left empty stops the stage with a DataError naming the
+file, the counts and ``data.max_prompt_tokens``.
 
 Batches are packed by default (``stage.pack``): the batch's examples are packed into rows as
 wide as its longest one, each attending to itself only and restarting its positions
@@ -21,12 +23,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf.checkpoint import ResumableLoader
-from rlhf.data.formats import read_jsonl
+from rlhf.data.formats import DataError, read_jsonl, read_numbered
 from rlhf.models.attention import collate_segmented, pack_documents
 from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
+SHOWN_LINES = 20  # dropped records' line numbers named in the log, per file
 
 
 @dataclass
@@ -48,19 +51,36 @@ def encode_texts(records, tok, max_tokens: int, counts: Counts) -> list[dict]:
     return out
 
 
-def encode_demonstrations(records, tok, template: str, max_prompt: int, max_response: int, counts: Counts) -> list[dict]:
-    """SFT: loss on completion tokens only; the prompt is masked with IGNORE."""
-    out = []
-    for rec in records:
+def encode_demonstrations(records, tok, template: str, max_prompt: int, max_response: int, counts: Counts,
+                          dropped: list[int] | None = None) -> list[dict]:
+    """SFT: loss on completion tokens only; the prompt is masked with IGNORE.
+
+    The index (in ``records``) of each one dropped for a long prompt is appended to ``dropped``.
+    """
+    out, dropped = [], [] if dropped is None else dropped
+    for i, rec in enumerate(records):
         p, r = encode_pair(tok, rec["prompt"], rec["completion"], template)
         if len(p) > max_prompt:
             counts.dropped_long_prompt += 1
+            dropped.append(i)
             continue
         if len(r) > max_response:
             r, counts.truncated_response = r[:max_response], counts.truncated_response + 1
         out.append({"input_ids": p + r, "labels": [IGNORE] * len(p) + r})
     counts.kept += len(out)
     return out
+
+
+def report_drops(path, what: str, lines: list[int], kept: int, max_prompt: int) -> None:
+    """Log the line numbers of ``path``'s records dropped for a prompt over ``max_prompt`` tokens;
+    raise DataError if none was kept (a stage would train on nothing, or fail later and obscurely)."""
+    if not kept:
+        raise DataError(f"{path}: every {what} was dropped ({len(lines)} of {len(lines)}): their prompts are longer "
+                        f"than data.max_prompt_tokens={max_prompt} tokens (raise it, or shorten the prompts)")
+    if lines:
+        more = f" (first {SHOWN_LINES} of {len(lines)})" if len(lines) > SHOWN_LINES else ""
+        log.warning("%s: %d of %d %ss dropped, prompt > data.max_prompt_tokens=%d tokens: lines %s%s", path,
+                    len(lines), len(lines) + kept, what, max_prompt, ", ".join(map(str, lines[:SHOWN_LINES])), more)
 
 
 def collate_right(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -103,13 +123,15 @@ class LMDataModule(pl.LightningDataModule):
         for split, path in self.files.items():
             if split in self.data:
                 continue
-            counts, records = Counts(), read_jsonl(path, self.kind)
+            counts, numbered, dropped = Counts(), read_numbered(path, self.kind), []
+            records = [rec for _, rec in numbered]
             if self.kind == "text":
                 self.data[split] = encode_texts(records, self.tok, self.max_prompt + self.max_response, counts)
             else:
                 self.data[split] = encode_demonstrations(
-                    records, self.tok, self.template, self.max_prompt, self.max_response, counts)
+                    records, self.tok, self.template, self.max_prompt, self.max_response, counts, dropped)
             self.counts[split] = counts
+            report_drops(path, self.kind, [numbered[i][0] for i in dropped], counts.kept, self.max_prompt)
             if split == "train" and self.mix_fraction > 0:
                 self.data[split] += self._mix(len(self.data[split]))
             log.info("%s %s: %d examples, %d dropped (prompt > %d tokens), %d truncated",
@@ -119,8 +141,8 @@ class LMDataModule(pl.LightningDataModule):
         texts = read_jsonl(self.mix_file, "text")
         n = round(n_main * self.mix_fraction / (1 - self.mix_fraction))
         if n > len(texts):
-            raise ValueError(f"{self.mix_file}: {len(texts)} texts, but a pretrain mix of "
-                             f"{self.mix_fraction} over {n_main} examples needs {n}")
+            raise DataError(f"{self.mix_file}: {len(texts)} texts, but a pretrain mix of "
+                            f"{self.mix_fraction} over {n_main} examples needs {n}")
         picked = random.Random(self.seed).sample(texts, n)
         log.info("train: %d pretraining texts from %s mixed in (%.0f%%)", n, self.mix_file, 100 * self.mix_fraction)
         return encode_texts(picked, self.tok, self.max_prompt + self.max_response, Counts())

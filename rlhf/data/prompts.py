@@ -15,7 +15,8 @@ A batch::
                                each of ptx_per_iteration / ptx_steps texts, packed into rows
                                (``pack``) or right-padded (``rlhf.data.lm.collate_lm``)
 
-Prompts longer than ``max_prompt_tokens`` are dropped and counted (paper: over 1k tokens).
+Prompts longer than ``max_prompt_tokens`` are dropped, counted and their lines logged (paper:
+over 1k tokens); a file left with none stops the stage, naming it, the count and the key.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from typing import Callable
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
-from rlhf.data.formats import DataError, read_jsonl
-from rlhf.data.lm import Counts, collate_lm, encode_texts
+from rlhf.data.formats import read_jsonl, read_numbered
+from rlhf.data.lm import Counts, collate_lm, encode_texts, report_drops
 from rlhf.models.tokenizer import encode_pair
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,16 @@ class PromptDataModule(pl.LightningDataModule):
         if self.prompts:
             return
         counts = self.counts["prompts"] = Counts()
-        for rec in read_jsonl(self.files["prompts"], "prompt"):
+        dropped = []  # line numbers
+        for lineno, rec in read_numbered(self.files["prompts"], "prompt"):
             ids = encode_pair(self.tok, rec["prompt"], "", self.template)[0]  # the SFT/RM prompt encoding
             if len(ids) > self.max_prompt:
                 counts.dropped_long_prompt += 1
+                dropped.append(lineno)
                 continue
             self.prompts.append((rec["prompt"], ids))
         counts.kept = len(self.prompts)
-        if not self.prompts:
-            raise DataError(f"{self.files['prompts']}: every prompt is longer than {self.max_prompt} tokens")
+        report_drops(self.files["prompts"], "prompt", dropped, counts.kept, self.max_prompt)
         log.info("prompts %s: %d kept, %d dropped (prompt > %d tokens)", self.files["prompts"],
                  counts.kept, counts.dropped_long_prompt, self.max_prompt)
         if self.files["ptx"] and self.ptx_per_iteration > 0:

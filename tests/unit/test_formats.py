@@ -1,6 +1,7 @@
 """Schema checks: a bad line stops the load and the error names file, line and problem."""
 from __future__ import annotations
 
+import codecs
 import json
 
 import pytest
@@ -31,6 +32,21 @@ def test_valid_files_load_and_pairwise_becomes_k2(tmp_path):
     ("comparison", {"prompt": "p", "completions": list("abcdefghij"), "ranking": list(range(10))}, "K=10"),
     ("comparison", {"prompt": "p", "completions": ["a", " "], "ranking": [0, 1]}, "completion 1 is empty"),
     ("demonstration", "{not json", "not valid JSON"),
+    # rankings are lists of ints: true, false and 1.0 passed as 1, 0 and 1; "1" made sorted() raise
+    ("comparison", {"prompt": "p", "completions": ["a", "b"], "ranking": [True, False]}, "item 0 is true, not an int"),
+    ("comparison", {"prompt": "p", "completions": ["a", "b"], "ranking": [0, 1.0]}, "item 1 is 1.0, not an int"),
+    ("comparison", {"prompt": "p", "completions": ["a", "b"], "ranking": ["0", "1"]}, 'item 0 is "0", not an int'),
+    ("comparison", {"prompt": "p", "completions": ["a", "b"], "ranking": "01"}, "list of ints, got str"),
+    ("comparison", {"prompt": "p", "completions": ["a", "b"]}, "missing key 'ranking'"),
+    # the same completion twice: a ranking between them teaches nothing (whitespace around does not count)
+    ("comparison", {"prompt": "p", "completions": ["a", "b", "a"], "ranking": [0, 1, 2]},
+     "completions 0 and 2 are the same text"),
+    ("comparison", {"prompt": "p", "completions": ["a", "b", "b\n"], "ranking": [0, 1, 2]},
+     "completions 1 and 2 are the same text but for leading or trailing whitespace"),
+    ("comparison", {"prompt": "p", "chosen": "a", "rejected": "a"}, "'chosen' and 'rejected' are the same text"),
+    ("comparison", {"prompt": "p", "chosen": "a", "rejected": "b", "completions": ["a", "b"], "ranking": [1, 0]},
+     "both 'chosen'/'rejected' and 'completions'/'ranking'"),
+    ("comparison", {"prompt": "p", "chosen": "a", "ranking": [0, 1]}, "both 'chosen'/'rejected' and"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, kind, bad, msg):
     good = {"text": {"text": "t"}, "demonstration": {"prompt": "p", "completion": "c"}, "prompt": {"prompt": "p"},
@@ -39,6 +55,28 @@ def test_bad_line_names_file_and_line(tmp_path, kind, bad, msg):
     with pytest.raises(DataError) as e:
         read_jsonl(p, kind)
     assert f"{p}:3:" in str(e.value) and msg in str(e.value)
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    p = tmp_path / "excel.jsonl"
+    p.write_bytes(codecs.BOM_UTF8 + b'{"prompt": "caf\xc3\xa9"}\r\n{"prompt": "q"}\r\n')  # as spreadsheets save it
+    assert [r["prompt"] for r in read_jsonl(p, "prompt")] == ["café", "q"]
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_byte(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes('{"prompt": "ok"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        read_jsonl(p, "prompt")
+    assert f"{p}:2: not UTF-8: byte 0xe9 at byte offset 15" in str(e.value)
+
+
+def test_only_blank_lines_is_no_records(tmp_path):
+    p = tmp_path / "blank.jsonl"
+    p.write_bytes(codecs.BOM_UTF8 + b"\n\n")
+    with pytest.raises(DataError) as e:
+        read_jsonl(p, "prompt")
+    assert f"{p}: no prompt records" in str(e.value)
 
 
 def test_missing_file_is_named(tmp_path):
