@@ -328,7 +328,8 @@ class RewardModelJudge:
                 from rlhf.models.reward import load_reward_model
                 from rlhf.handoff import rm_template
 
-                self._rm = (load_reward_model(self.path).eval(), AutoTokenizer.from_pretrained(self.path))
+                self._rm = (load_reward_model(self.path, key="judge.reward_model").eval(),
+                            AutoTokenizer.from_pretrained(self.path))
                 self.template = self.template or rm_template(Path(self.path))
             from rlhf.eval.measure import rm_scores
 

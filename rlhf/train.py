@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.checkpoint import NonFiniteError, ResumeCheckpoint, check_finite, check_readable, last_checkpoint
 from rlhf.distributed import build_strategy, gather_for_export
+from rlhf.models.dirs import check_model_dirs
 from rlhf.handoff import (RUN_STATE, is_finished, partial_path, provenance, publish, read_provenance, remove,
                           save_config, stage_dir)
 from rlhf.plan import config_changes
@@ -117,6 +118,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
                               "force=true trains it again from scratch; or use another run_name")
         log.info("stage %s already finished in %s (force=true reruns it)", cfg.stage.name, sdir)
         return read_provenance(sdir / "final")["metrics"], {}
+    check_model_dirs(cfg)  # a missing or wrong model directory fails before anything loads
     stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
     ckpt = start_or_resume(cfg, sdir, getattr(stage, "partial_state", lambda _: [])(sdir))
     save_config(cfg, sdir)

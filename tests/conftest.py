@@ -56,7 +56,7 @@ def tiny_sft_and_rm(toy_data: dict[str, Path], out: Path, overrides: list[str]) 
     train(make_config([*overrides, f"output_root={out}", "run_name=t", "stage=sft", "debug=fast",
                        "stage.batch_size=16"]))
     sft = out / "t" / "sft" / "final"
-    rm = load_reward_model(str(sft))
+    rm = load_reward_model(str(sft), fresh_head=True)
     set_normalization(rm, 1.0, 0.5)
     rm.save_pretrained(out / "rm")
     AutoTokenizer.from_pretrained(sft).save_pretrained(out / "rm")

@@ -52,8 +52,13 @@ def check_rewards(model: PreTrainedModel, rewards: torch.Tensor, prompts: list[s
     return rewards
 
 
-def load_reward_model(path_or_id: str) -> PreTrainedModel:
-    """A scalar-head sequence model from an RM ``final/``, an SFT ``final/`` or any causal LM."""
+def load_reward_model(path_or_id: str, fresh_head: bool = False, key: str = "reward model") -> PreTrainedModel:
+    """A trained reward model (an RM ``final/`` or an HF sequence classifier with its head); with
+    ``fresh_head``, a scalar-head model built from an SFT ``final/`` or any causal LM (the RM stage's
+    start). A directory of the wrong kind fails naming ``key`` (``rlhf.models.dirs``)."""
+    from rlhf.models.dirs import ANY_LM, REWARD_MODEL, check_model_dir
+
+    check_model_dir(path_or_id, key, ANY_LM if fresh_head else REWARD_MODEL)
     model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32)
     if model.config.pad_token_id is None:  # plain transformers needs it for batches > 1
         model.config.pad_token_id = prepare_tokenizer(AutoTokenizer.from_pretrained(path_or_id)).pad_token_id

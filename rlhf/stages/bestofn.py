@@ -39,7 +39,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     tok, model = AutoTokenizer.from_pretrained(cfg.init), load_causal_lm(cfg.init, cfg)
     groups = sample(model, tok, prompts, cfg.data.template, n=st.n,
                     max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
-    rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+    rm = load_reward_model(st.reward_model, key="stage.reward_model").to(inference_device(cfg)).eval()
     rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     flat_p = [p for p in prompts for _ in range(st.n)]
     r = rm_scores(rm, rm_tok, flat_p, [o for g in groups for o in g], cfg.data.template).view(len(prompts), st.n)

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     rm = rm_tok = None
     if st.get("reward_model"):
         from rlhf.models.reward import load_reward_model
-        rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+        rm = load_reward_model(st.reward_model, key="stage.reward_model").to(inference_device(cfg)).eval()
         rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     if st.best_of_n and rm is not None:
         torch.manual_seed(cfg.seed)

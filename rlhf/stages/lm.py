@@ -27,14 +27,15 @@ def _corpus(cfg: DictConfig):
 def setup(cfg: DictConfig, sdir: Path):
     st = cfg.stage
     tok = load_tokenizer(cfg, sdir / "tokenizer", _corpus(cfg))
-    model = build_causal_lm(cfg, tok)
-    set_dropout(model, st.dropout)
     dm = LMDataModule(
         tok, st.data_kind, str(data_file(cfg, st.train_data)), str(data_file(cfg, st.val_data)),
         batch_size=st.batch_size, template=cfg.data.template, seed=cfg.seed,
         max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
         mix_file=str(data_file(cfg, "pretrain_train")) if st.get("pretrain_mix") else None,
         mix_fraction=st.get("pretrain_mix") or 0.0, pack=st.pack)
+    dm.setup("fit")  # bad or emptied data fails here, before the model is built
+    model = build_causal_lm(cfg, tok)
+    set_dropout(model, st.dropout)
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return LMModule(model, st.optim), dm, tok, callbacks
 

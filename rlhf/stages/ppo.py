@@ -67,18 +67,11 @@ def setup(cfg: DictConfig, sdir: Path):
     _check(cfg)
     st, data = cfg.stage, cfg.data
     tok = load_tokenizer(cfg, sdir / "tokenizer", corpus=lambda: ())  # the SFT checkpoint's own
-    others = [("the reward model", st.reward_model), *(("stage.ensemble member", p) for p in st.ensemble),
+    others = [("stage.reward_model", st.reward_model), *((f"stage.ensemble[{i}]", p) for i, p in enumerate(st.ensemble)),
               *([("stage.reference", st.reference)] if st.reference else [])]
-    for what, path in others:  # every model PPO scores or compares with reads the policy's tokens
+    for key, path in others:  # every model PPO scores or compares with reads the policy's tokens
         if AutoTokenizer.from_pretrained(path).get_vocab() != tok.get_vocab():
-            raise ValueError(f"{what} {path} and the policy {weights_source(cfg)} have different tokenizers")
-    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p) for p in [st.reward_model, *st.ensemble]]
-    rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
-    reference = copy.deepcopy(policy)
-    if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
-        reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
-    for m in (policy, reference, *members):
-        set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
+            raise ValueError(f"{key}={path} and the policy (init={weights_source(cfg)}) have different tokenizers")
     steps_per_iteration = st.ppo_epochs * (st.batch_size // st.minibatch_size)
     ptx_on = cfg.ptx.coef > 0
     dm = PromptDataModule(
@@ -88,6 +81,14 @@ def setup(cfg: DictConfig, sdir: Path):
         ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
         max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
         pack_ptx=cfg.ptx.pack)
+    dm.setup("fit")  # bad or emptied prompt files fail here, before four models load
+    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p, key=k) for k, p in others if k != "stage.reference"]
+    rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
+    reference = copy.deepcopy(policy)
+    if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
+        reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
+    for m in (policy, reference, *members):
+        set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
     module = PPOModule(policy, reference, rm, copy.deepcopy(members[0]).requires_grad_(True), tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")

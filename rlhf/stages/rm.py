@@ -13,8 +13,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rlhf.data.comparisons import ComparisonDataModule
-from rlhf.data.formats import read_jsonl
-from rlhf.data.lm import Counts, encode_demonstrations
+from rlhf.data.formats import read_numbered
+from rlhf.data.lm import Counts, encode_demonstrations, report_drops
 from rlhf.data.sources import data_file
 from rlhf.handoff import EpochExport, save_hf
 from rlhf.models.build import load_tokenizer, set_dropout, weights_source
@@ -29,9 +29,6 @@ def setup(cfg: DictConfig, sdir: Path):
         raise ValueError("stage=rm starts from a trained language model: set init=<sft stage dir>/final "
                          "(or any HF causal LM path / hub id, or an HF model preset such as model=gpt2)")
     tok = load_tokenizer(cfg, sdir / "tokenizer", corpus=lambda: ())  # the checkpoint's own
-    model = load_reward_model(source)  # unembedding removed, fresh scalar head
-    set_normalization(model)  # identity while training; export sets the new bias
-    set_dropout(model, st.dropout)
     dm = ComparisonDataModule(
         tok, [str(data_file(cfg, k)) for k in [st.train_data, *(st.get("extra_train_data") or [])]],
         str(data_file(cfg, st.val_data)),
@@ -41,15 +38,29 @@ def setup(cfg: DictConfig, sdir: Path):
         "data": str(data_file(cfg, st.normalize_data)) if st.normalize_data else None,
         "gain": bool(st.normalize_gain), "template": data.template,
         "max_prompt_tokens": data.max_prompt_tokens, "max_response_tokens": data.max_response_tokens}
+    dm.setup("fit")  # bad or emptied data fails here, before the model loads and trains
+    if normalize["data"]:
+        normalization_rows(tok, normalize)
+    model = load_reward_model(source, fresh_head=True, key="init")  # unembedding removed, fresh scalar head
+    set_normalization(model)  # identity while training; export sets the new bias
+    set_dropout(model, st.dropout)
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return RewardModule(model, st.optim, normalize), dm, tok, callbacks
+
+
+def normalization_rows(tok, spec: dict, counts: Counts | None = None) -> list[dict]:
+    """The demonstrations the RM is normalised on, encoded; none kept is a DataError (checked at setup)."""
+    counts, numbered, dropped = counts or Counts(), read_numbered(spec["data"], "demonstration"), []
+    rows = encode_demonstrations([r for _, r in numbered], tok, spec["template"], spec["max_prompt_tokens"],
+                                 spec["max_response_tokens"], counts, dropped)
+    report_drops(spec["data"], "demonstration", [numbered[i][0] for i in dropped], len(rows), spec["max_prompt_tokens"])
+    return rows
 
 
 def normalize_on_demonstrations(model, tok, spec: dict) -> dict:
     """Set (gain, bias) so the demonstrations in ``spec["data"]`` score mean 0 (std 1 if gain)."""
     counts = Counts()
-    rows = encode_demonstrations(read_jsonl(spec["data"], "demonstration"), tok, spec["template"],
-                                 spec["max_prompt_tokens"], spec["max_response_tokens"], counts)
+    rows = normalization_rows(tok, spec, counts)
     raw = score_ids(model, [r["input_ids"] for r in rows], tok.pad_token_id, raw=True).double()
     mean, std = raw.mean().item(), raw.std().item() if len(raw) > 1 else 0.0
     gain = 1.0 / std if spec["gain"] and std > 0 else 1.0

@@ -34,7 +34,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if not cfg.get("init") or not st.get("reward_model"):
         raise ValueError("stage=select needs init=<SFT final/> and stage.reward_model=<RM final/>")
     prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
-    rm = load_reward_model(st.reward_model).to(inference_device(cfg)).eval()
+    rm = load_reward_model(st.reward_model, key="stage.reward_model").to(inference_device(cfg)).eval()
     rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     scores = {}
     for path in candidates(Path(cfg.init)):

@@ -80,7 +80,7 @@ def test_eval_and_report_hold_every_figure(tiny_run):
 
     out, _ = tiny_run
     run = out / "p"
-    rm = load_reward_model(str(run / "sft" / "final"))  # an untrained score head: any RM scores
+    rm = load_reward_model(str(run / "sft" / "final"), fresh_head=True)  # an untrained score head: any RM scores
     set_normalization(rm, 1.0, 0.0)
     rm.save_pretrained(out / "rm")
     shutil.copy(run / "sft" / "final" / "tokenizer.json", out / "rm")

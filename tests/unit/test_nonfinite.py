@@ -34,7 +34,7 @@ def lm_dir(tmp_path_factory):
 
 def saved_rm(lm_dir, path, weight: float | None = None, bias: float = 0.0):
     """An RM directory from ``lm_dir``: head weight[0, 0] set to ``weight`` (the rest 0), or a normalisation bias."""
-    rm = load_reward_model(str(lm_dir))
+    rm = load_reward_model(str(lm_dir), fresh_head=True)
     if weight is not None:
         with torch.no_grad():
             score_head(rm).weight.zero_()[0, 0] = weight  # nan -> NaN, inf -> +-inf scores

@@ -49,7 +49,7 @@ TEXTS = ["reverse: cat dog\nsun", "reverse: cat dog sun red blue\ntree fish", "r
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loads_backbone_with_fresh_scalar_head(tmp_path, tok, arch):
     path, lm = causal_lm_dir(tmp_path, tok, arch)
-    rm = load_reward_model(str(path))
+    rm = load_reward_model(str(path), fresh_head=True)
     assert rm.config.num_labels == 1 and rm.get_output_embeddings() is None  # unembedding removed
     emb = rm.base_model.get_input_embeddings().weight
     assert torch.equal(emb, lm.get_input_embeddings().weight)  # backbone kept
@@ -60,7 +60,7 @@ def test_loads_backbone_with_fresh_scalar_head(tmp_path, tok, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_matches_plain_transformers_and_ignores_padding_side(tmp_path, tok, arch):
     path, _ = causal_lm_dir(tmp_path, tok, arch)
-    rm = load_reward_model(str(path)).eval()
+    rm = load_reward_model(str(path), fresh_head=True).eval()
     rm.save_pretrained(tmp_path / "rm")
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     ids, mask = batch(tok, TEXTS, "right")
@@ -75,7 +75,7 @@ def test_matches_plain_transformers_and_ignores_padding_side(tmp_path, tok, arch
 
 
 def test_token_values_are_the_head_at_every_position(tmp_path, tok):
-    rm = load_reward_model(str(causal_lm_dir(tmp_path, tok, "llama")[0])).eval()
+    rm = load_reward_model(str(causal_lm_dir(tmp_path, tok, "llama")[0]), fresh_head=True).eval()
     ids, mask = batch(tok, TEXTS, "right")
     with torch.no_grad():
         values, rewards = token_values(rm, ids, mask), sequence_rewards(rm, ids, mask)
@@ -85,7 +85,7 @@ def test_token_values_are_the_head_at_every_position(tmp_path, tok):
 
 
 def test_normalization_is_stored_in_config_and_applied(tmp_path, tok):
-    rm = load_reward_model(str(causal_lm_dir(tmp_path, tok, "llama")[0])).eval()
+    rm = load_reward_model(str(causal_lm_dir(tmp_path, tok, "llama")[0]), fresh_head=True).eval()
     assert normalization(rm) == (1.0, 0.0)
     ids, mask = batch(tok, TEXTS, "right")
     raw = sequence_rewards(rm, ids, mask, raw=True).detach()
@@ -101,7 +101,7 @@ def test_normalization_is_stored_in_config_and_applied(tmp_path, tok):
 
 def test_missing_pad_token_id_comes_from_the_tokenizer(tmp_path, tok):
     path, _ = causal_lm_dir(tmp_path, tok, "gpt2", with_pad=False)
-    assert load_reward_model(str(path)).config.pad_token_id == tok.pad_token_id
+    assert load_reward_model(str(path), fresh_head=True).config.pad_token_id == tok.pad_token_id
 
 
 def test_rm_scores_holds_a_prompts_samples_in_one_group_and_scores_each_as_alone(tmp_path, tok):
@@ -109,7 +109,7 @@ def test_rm_scores_holds_a_prompts_samples_in_one_group_and_scores_each_as_alone
     from rlhf.models.tokenizer import encode_pair
 
     path, _ = causal_lm_dir(tmp_path, tok, "llama")
-    rm = load_reward_model(str(path)).eval()
+    rm = load_reward_model(str(path), fresh_head=True).eval()
     set_normalization(rm, 2.0, 0.5)
     prompts = ["reverse: cat dog"] * 3 + ["red"] * 2 + ["reverse: cat dog"]
     responses = ["dog cat", "cat", "", "sun red blue tree", "tree", "fish"]
