@@ -56,10 +56,15 @@ def load_reward_model(path_or_id: str, fresh_head: bool = False, key: str = "rew
     """A trained reward model (an RM ``final/`` or an HF sequence classifier with its head); with
     ``fresh_head``, a scalar-head model built from an SFT ``final/`` or any causal LM (the RM stage's
     start). A directory of the wrong kind fails naming ``key`` (``rlhf.models.dirs``)."""
-    from rlhf.models.dirs import ANY_LM, REWARD_MODEL, check_model_dir
+    from rlhf.models.dirs import ANY_LM, REWARD_MODEL, ModelDirError, check_model_dir
 
     check_model_dir(path_or_id, key, ANY_LM if fresh_head else REWARD_MODEL)
-    model = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32)
+    model, info = AutoModelForSequenceClassification.from_pretrained(path_or_id, num_labels=1, dtype=torch.float32,
+                                                                     output_loading_info=True)
+    head = [k for k in info["missing_keys"] if k.split(".")[0] in ("score", "classifier")]
+    if head and not fresh_head:  # transformers would score with a random head, silently
+        raise ModelDirError(f"{key}={path_or_id} has no trained score head ({', '.join(head)} not in its weights): "
+                            "it is not a trained reward model")
     if model.config.pad_token_id is None:  # plain transformers needs it for batches > 1
         model.config.pad_token_id = prepare_tokenizer(AutoTokenizer.from_pretrained(path_or_id)).pad_token_id
     return model

@@ -82,3 +82,17 @@ def test_a_judge_rm_that_is_missing_fails_before_the_stage_runs(dirs, toy_overri
     with pytest.raises(ModelDirError, match=r"^judge\.reward_model=/nope/rm: no such directory$"):
         train(make_config([*(o for o in toy_overrides if "batch_size" not in o), "stage=bestofn", f"init={dirs['lm']}", f"stage.reward_model={dirs['rm']}",
                            "judge=rm", "judge.reward_model=/nope/rm"]))
+
+
+def test_a_reward_model_without_its_score_head_fails(dirs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    headless = tmp_path / "headless"
+    load_reward_model(str(dirs["rm"])).save_pretrained(headless)
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("score.")}, headless / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ModelDirError, match=r"stage\.reward_model=\S+headless has no trained score head \(score.weight "
+                                            r"not in its weights\)"):
+        load_reward_model(str(headless), key="stage.reward_model")
+
