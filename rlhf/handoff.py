@@ -24,6 +24,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.data.formats import partial_path, write_atomic
 from rlhf.distributed import full_model
 
 PROVENANCE = "rlhf.json"
@@ -63,31 +64,11 @@ def provenance(cfg: DictConfig, metrics: dict, **extra) -> dict:
     }
 
 
-def partial_path(path: Path) -> Path:
-    """Where ``path`` is assembled before it replaces ``path``: beside it, so on its filesystem."""
-    return path.with_name(f".{path.name}.partial")
-
-
 def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """``path`` holds the old text or the new, never a part: a file beside it, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def publish(tmp: Path, out_dir: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,6 +16,17 @@ from rlhf.train import CONF_DIR, train
 
 torch.set_num_threads(2)
 WORDS = "cat dog sun red blue tree fish bird milk rain star moon apple lamp door king".split()
+
+
+class Crash(pl.Callback):
+    """Raises before step ``at``: a run that died after its checkpoint of step ``at`` (saved every step)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at:
+            raise RuntimeError("crash")
 
 
 def make_config(overrides: list[str]):

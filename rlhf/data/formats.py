@@ -153,19 +153,28 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     return [rec for _, rec in read_numbered(path, kind)]
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write all records or none: into a file beside ``path``, renamed over it when complete.
-    A NaN or infinity raises (JSON has none; a bare ``NaN`` breaks other readers)."""
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is assembled before it replaces ``path``: beside it, so on its filesystem."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def write_atomic(path: str | Path, text: str | Iterable[str]) -> Path:
+    """``path`` holds the old text or the new, never a part: written beside it, renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = partial_path(path)
     try:
         with tmp.open("w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            f.write(text) if isinstance(text, str) else f.writelines(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    """Write all records or none (:func:`write_atomic`). A NaN or infinity raises (JSON has none;
+    a bare ``NaN`` breaks other readers)."""
+    return write_atomic(path, (json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n" for rec in records))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import make_config, tiny_sft_and_rm
+from conftest import Crash, make_config, tiny_sft_and_rm
 from rlhf.data.formats import write_jsonl
 from rlhf.handoff import metrics_rows
 from rlhf.models.reward import load_reward_model
@@ -46,15 +46,6 @@ def ppo(models, toy_overrides):
 
 PHASES = ("generation", "policy_pass", "reference_pass", "value_pass", "rm_pass", "advantages",
           "policy_update", "value_update", "ptx")
-
-
-class Crash(pl.Callback):
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.at:
-            raise RuntimeError("crash")
 
 
 class Snapshot(pl.Callback):

@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from conftest import make_config, tiny_sft_and_rm
+from conftest import Crash, make_config, tiny_sft_and_rm
 from rlhf.checkpoint import CheckpointError, NonFiniteError
 from rlhf.data.formats import write_jsonl
 from rlhf.handoff import metrics_rows
@@ -141,15 +141,6 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_the_rerun_fi
     assert not (sdir / "final").exists()
     train(make_config([*base, "run_name=disk"]))  # space again: resumes from step 6
     assert_same_weights(setup["root"] / "whole" / "sft" / "final", sdir / "final")
-
-
-class Crash(pl.Callback):
-    def __init__(self, at: int):
-        self.at = at
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if trainer.global_step == self.at:
-            raise RuntimeError("crash")
 
 
 def test_a_resume_with_a_changed_result_key_fails_naming_it_and_a_log_key_passes(setup):
