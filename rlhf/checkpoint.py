@@ -7,8 +7,8 @@ SIGTERM or SIGUSR2 (SLURM's preemption and time-limit signals), before the signa
 What: Lightning's checkpoint (weights, optimizers, schedulers, loop counters, the training
 loader's position, :class:`ResumableLoader`), the RNG states and the last metrics, so a resumed
 stage ends with the same weights as an uninterrupted one (tested bit-exact on CPU).
-How: written beside the old one on the same filesystem and renamed over it, so ``last.ckpt`` is
-always complete; a failed write (a full disk) leaves the previous one. Weights that are not
+How: written beside the old one on the same filesystem (:class:`DirectCheckpointIO`) and renamed
+over it, so ``last.ckpt`` is always complete; a failed write (a full disk) leaves the previous one. Weights that are not
 finite are never saved: the stage stops naming the first bad tensor.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -101,12 +102,29 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
 
 
+def _epoch_ends(trainer: pl.Trainer) -> bool:
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight to the path it is given (``ResumeCheckpoint``'s file beside
+    ``last.ckpt``), fsynced. Lightning's default holds the whole checkpoint in memory and writes
+    it into the temp directory first, which a small ``/tmp`` cannot hold."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class ResumableLoader(DataLoader):
@@ -142,7 +160,12 @@ class ResumableLoader(DataLoader):
 
 
 class ResumeCheckpoint(pl.Callback):
-    """Keeps ``<sdir>/checkpoints/last.ckpt`` current (see the module docstring for when)."""
+    """Keeps ``<sdir>/checkpoints/last.ckpt`` current (see the module docstring for when).
+
+    A batch's checkpoint is taken only at an optimizer step (accumulated gradients are not kept)
+    and not at an epoch's last batch: that epoch's validation and exports come first, so the
+    epoch-end checkpoint is the one a resume continues from.
+    """
 
     def __init__(self, sdir: Path, stage: str, every_n_steps: int | None = None, every_minutes: float | None = None):
         self.path, self.stage = Path(sdir) / "checkpoints" / "last.ckpt", stage
@@ -154,6 +177,11 @@ class ResumeCheckpoint(pl.Callback):
         self._saved_step, self._saved_at = -1, time.monotonic()
 
     # -- triggers ------------------------------------------------------------------------
+    def setup(self, trainer, module, stage: str) -> None:
+        if threading.current_thread() is threading.main_thread():  # Python's rule for signal handlers
+            for s in SIGNALS:  # from setup on: a signal while models load or restore is kept too
+                self._previous[s] = signal.signal(s, self._on_signal)
+
     def on_train_start(self, trainer, module) -> None:
         # Lightning hands a loader its saved position only if nothing built the loaders before the
         # restore (estimated_stepping_batches, for the LR schedule, does), and does not know an
@@ -163,12 +191,10 @@ class ResumeCheckpoint(pl.Callback):
         self._saved_at = time.monotonic()
         if trainer.global_step:
             self._saved_step = trainer.global_step  # the checkpoint it resumed from
-        if threading.current_thread() is threading.main_thread():  # Python's rule for signal handlers
-            for s in SIGNALS:
-                self._previous[s] = signal.signal(s, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        log.warning("stage %s received %s: saving last.ckpt at the end of this step", self.stage, signal.Signals(signum).name)
+        log.warning("stage %s received %s: saving last.ckpt at the next step boundary", self.stage,
+                    signal.Signals(signum).name)
         self._pending = signum
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
@@ -178,6 +204,8 @@ class ResumeCheckpoint(pl.Callback):
             self._rng = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if _epoch_ends(trainer) or (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
         step = trainer.global_step
         due = (self._pending is not None or bool(self.every_n and step % self.every_n == 0)
                or bool(self.every_s and time.monotonic() - self._saved_at >= self.every_s))
@@ -187,11 +215,11 @@ class ResumeCheckpoint(pl.Callback):
             self.save(trainer)
 
     def on_validation_start(self, trainer, module) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and not _epoch_ends(trainer):
             self._stop_if_signalled(trainer)  # not after a whole validation pass
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        self.save(trainer)
+        self.save(trainer, epoch_end=True)
         self._stop_if_signalled(trainer)
 
     def teardown(self, trainer, module, stage: str) -> None:
@@ -210,7 +238,8 @@ class ResumeCheckpoint(pl.Callback):
             self._hand_on(self._previous)
 
     def _hand_on(self, handlers: dict) -> None:
-        """After the save: to submitit (it requeues the job and exits), or exit 128 + signal."""
+        """After the save: SIGUSR2 to submitit (it requeues the job and exits); else exit 128 + signal.
+        Lightning's own SIGTERM handler is not called: it broadcasts, which hangs when ranks disagree."""
         signum, self._pending = self._pending, None
         if signum is None:
             return
@@ -219,14 +248,15 @@ class ResumeCheckpoint(pl.Callback):
             return
         log.warning("stage %s: last.ckpt saved at step %d; stopping for %s (rerun the same command to resume)",
                     self.stage, self._saved_step, signal.Signals(signum).name)
-        if callable(previous):
+        if signum == signal.SIGUSR2 and callable(previous):
             previous(signum, None)
-        if signum == signal.SIGTERM or not callable(previous):
-            raise SystemExit(128 + signum)
+        raise SystemExit(128 + signum)
 
     # -- saving ----------------------------------------------------------------------------
-    def save(self, trainer: pl.Trainer) -> None:
-        if trainer.global_step == self._saved_step or trainer.sanity_checking:
+    def save(self, trainer: pl.Trainer, epoch_end: bool = False) -> None:
+        """``epoch_end``: saved even at a step saved before (the checkpoint then resumes after the
+        epoch's validation and exports, not before them)."""
+        if (trainer.global_step == self._saved_step and not epoch_end) or trainer.sanity_checking:
             return
         check_finite(trainer, self.stage)  # a diverged step never replaces the last good checkpoint
         tmp = partial_path(self.path)

@@ -29,7 +29,7 @@ from rlhf.distributed import full_model
 
 PROVENANCE = "rlhf.json"
 # what a stage's training run leaves beside final/: removed when a stage starts from scratch
-RUN_STATE = ("checkpoints", "epochs", "candidates", "logs", "samples.jsonl", "alarms.jsonl")
+RUN_STATE = ("checkpoints", "epochs", "candidates", "logs", "samples.jsonl", "alarms.jsonl", "tokenizer")
 
 
 def stage_dir(cfg: DictConfig) -> Path:

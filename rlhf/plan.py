@@ -78,6 +78,8 @@ def check_finished(name: str, stage: str, cfg: DictConfig, rerun: bool, inputs_r
     inputs that will be rebuilt) and the user did not ask to rerun it."""
     sdir = stage_dir(cfg)
     if not is_finished(sdir) or cfg.force:
+        if rerun or inputs_rerun:  # a half-done run of it was made from what is now rebuilt: start over
+            OmegaConf.update(cfg, "resume", False)
         return PlannedStep(name, cfg, "run", "forced (force=true)" if cfg.force else "not finished yet", stage)
     if rerun:
         OmegaConf.update(cfg, "force", True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
+import signal
 from pathlib import Path
 
 import hydra
@@ -17,9 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.checkpoint import NonFiniteError, ResumeCheckpoint, check_finite, check_readable, last_checkpoint
+from rlhf.checkpoint import (DirectCheckpointIO, NonFiniteError, ResumeCheckpoint, check_finite, check_readable,
+                             last_checkpoint)
 from rlhf.distributed import build_strategy, gather_for_export
 from rlhf.models.dirs import check_model_dirs
 from rlhf.handoff import (RUN_STATE, is_finished, partial_path, provenance, publish, read_provenance, remove,
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 # iteration N is the run its config would make from scratch (its prompts, seeds and schedules are
 # functions of the iteration, not of the end); an LM or RM stage's cosine schedule spans its end.
 EXTENDABLE = {"ppo": ("trainer.max_steps", "stage.iterations")}
+REPLACED = "final.replaced"  # a forced run keeps the old final/ here until its own is in place
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's top-level conf/
 register()  # the schemas conf/ extends must be in the ConfigStore before anything composes
 
@@ -54,7 +60,8 @@ def build_trainer(cfg: DictConfig, sdir, callbacks: list) -> pl.Trainer:
     # last: an epoch's exports (epochs/epoch_N) are on disk before the checkpoint that skips past them
     callbacks = [*callbacks, *([LearningRateMonitor("step")] if loggers else []), ckpt]
     return pl.Trainer(default_root_dir=str(sdir), max_epochs=cfg.stage.epochs, strategy=strategy,
-                      logger=loggers, callbacks=callbacks, enable_checkpointing=False, **kwargs)
+                      logger=loggers, callbacks=callbacks, enable_checkpointing=False,
+                      plugins=[DirectCheckpointIO()], **kwargs)
 
 
 def start_or_resume(cfg: DictConfig, sdir: Path, partial: list[Path]) -> Path | None:
@@ -76,15 +83,18 @@ def start_or_resume(cfg: DictConfig, sdir: Path, partial: list[Path]) -> Path | 
         if ckpt:
             log.info("resuming %s from %s", cfg.stage.name, ckpt)
         return ckpt
-    # force: the old final/ goes too, so a forced run that is killed is not taken for finished
-    left = [p for p in [*(sdir / name for name in RUN_STATE), *partial, *([sdir / "final"] if cfg.force else [])]
-            if p.exists()]
-    if left:
+    left = [p for p in [*(sdir / name for name in RUN_STATE), *partial] if p.exists()]
+    if rank_zero_only.rank == 0 and left:  # every rank decides the same; one removes
         log.info("%s starts from scratch (%s): removing %s", cfg.stage.name,
                  "force=true" if cfg.force else "resume=false" if not cfg.resume else "nothing to resume",
                  ", ".join(p.name for p in left))
         for p in left:
             remove(p)
+    if rank_zero_only.rank == 0 and cfg.force and (sdir / "final").exists():
+        # aside, not gone, until the new one is in place; without final/ a killed forced run is not finished
+        remove(sdir / REPLACED)
+        os.replace(sdir / "final", sdir / REPLACED)
+        log.info("force=true: the finished %s is kept in %s until this run replaces it", cfg.stage.name, sdir / REPLACED)
     return None
 
 
@@ -94,11 +104,13 @@ def last_step(cfg: DictConfig) -> int | None:
     return min(ends) if ends and cfg.stage.kind == "ppo" else None
 
 
-def check_metrics(stage: str, metrics: dict) -> None:
+def check_metrics(trainer: pl.Trainer, stage: str, metrics: dict) -> None:
+    """Raise on every rank when any rank's final metrics hold a NaN or inf."""
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-    if bad:
+    if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
         raise NonFiniteError(f"stage {stage} finished with metrics that are not finite: "
-                             f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items()))}; nothing was exported")
+                             f"{', '.join(f'{k}={v}' for k, v in sorted(bad.items())) or 'on another rank'}; "
+                             "nothing was exported")
 
 
 def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
@@ -121,19 +133,24 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
     check_model_dirs(cfg)  # a missing or wrong model directory fails before anything loads
     stage = importlib.import_module(f"rlhf.stages.{cfg.stage.kind}")
     ckpt = start_or_resume(cfg, sdir, getattr(stage, "partial_state", lambda _: [])(sdir))
-    save_config(cfg, sdir)
+    if rank_zero_only.rank == 0:
+        save_config(cfg, sdir)
     pl.seed_everything(cfg.seed, workers=True)
     if hasattr(stage, "run"):  # stages without a training loop (collect, eval)
+        save_config(cfg, sdir / "final")  # before the rlhf.json that marks it finished
         metrics = stage.run(cfg, sdir)
-        save_config(cfg, sdir / "final")
+        remove(sdir / REPLACED)
         return metrics, {}
     module, datamodule, tok, stage_callbacks = stage.setup(cfg, sdir)
     trainer = build_trainer(cfg, sdir, [*stage_callbacks, *(callbacks or [])])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    except SIGTERMException:  # Lightning's own stop on SIGTERM exits 0: the stage is not finished
+        raise SystemExit(128 + signal.SIGTERM) from None
     saved = next(c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)).metrics
     metrics = {**saved, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
     check_finite(trainer, cfg.stage.name)
-    check_metrics(cfg.stage.name, metrics)
+    check_metrics(trainer, cfg.stage.name, metrics)
     gather_for_export(trainer, module)  # sharded strategies: whole models on rank 0 (every rank takes part)
     if trainer.is_global_zero:
         counts = {s: vars(c) for s, c in getattr(datamodule, "counts", {}).items()}
@@ -142,6 +159,7 @@ def train(cfg: DictConfig, callbacks: list | None = None) -> tuple[dict, dict]:
         stage.export(module, tok, tmp, provenance(cfg, metrics, data_counts=counts))
         save_config(cfg, tmp)
         publish(tmp, sdir / "final")
+        remove(sdir / REPLACED)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "tokenizer": tok}
 
 

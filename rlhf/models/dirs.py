@@ -36,7 +36,10 @@ def holds(path: Path) -> tuple[str | None, str]:
     if not config.is_file():
         names = sorted(p.name for p in path.iterdir())[:6] if path.is_dir() else []
         return None, f"no config.json (it holds {', '.join(names) or 'nothing'})"
-    arch = (json.loads(config.read_text()).get("architectures") or ["?"])[0]
+    try:
+        arch = (json.loads(config.read_text()).get("architectures") or ["?"])[0]
+    except (json.JSONDecodeError, AttributeError) as e:
+        return None, f"a config.json that is not a JSON object ({e})"
     info = path / "rlhf.json"
     stage = json.loads(info.read_text()).get("stage") if info.is_file() else None
     said = f"{arch}{f', the final/ of stage {stage}' if stage else ''}"

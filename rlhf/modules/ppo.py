@@ -46,6 +46,16 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.requires_grad_(False).eval()
 
 
+def keep_before(path, iteration: int) -> None:
+    """Rewrite the JSONL at ``path`` with only its complete rows of iterations before ``iteration``."""
+    if not path.is_file():
+        return
+    rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [r for r in rows if r.endswith("\n") and json.loads(r)["iteration"] < iteration]
+    if len(kept) < len(rows):
+        write_atomic(path, "".join(kept))
+
+
 class PPOModule(pl.LightningModule):
     """Policy (trainable) and reference (frozen) from SFT; value (trainable) and RM (frozen) from the RM."""
 
@@ -79,12 +89,11 @@ class PPOModule(pl.LightningModule):
             self.strict_loading = False  # add the frozen ones: they keep what setup loaded from disk
 
     def on_train_start(self) -> None:
-        """A resumed run drops the sample rows of iterations after its checkpoint: it makes them again."""
-        if self.samples_path and self.trainer.is_global_zero and self.samples_path.is_file():
-            rows = self.samples_path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = [r for r in rows if r.strip() and json.loads(r)["iteration"] < self.trainer.global_step]
-            if len(kept) < len(rows):
-                write_atomic(self.samples_path, "".join(kept))
+        """A resumed run drops the sample and alarm rows of iterations after its checkpoint (and a
+        line a kill cut short): it makes them again."""
+        if self.trainer.is_global_zero and self.samples_path:
+            for path in (self.samples_path, self.samples_path.with_name("alarms.jsonl")):
+                keep_before(path, self.trainer.global_step)
 
     def export_model(self):
         """The policy to hand on: the EMA weights (paper), or the policy itself without EMA."""

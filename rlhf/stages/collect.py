@@ -3,7 +3,8 @@
 Writes ``comparisons_train.jsonl`` (from ``stage.train_prompts``) and ``comparisons_val.jsonl``
 (from ``stage.val_prompts``) in the comparison format, so the RM reads them like user data.
 The paper collects most comparisons on its supervised policies' own samples; measured here
-(measured on the built-in world), offline comparisons leave the RM near chance on the policy's samples.
+(measured on the built-in world), offline comparisons leave the RM near chance on the policy's
+samples.
 Prompts whose samples are all identical give no comparison: they are dropped and counted.
 In a later round of iterated RLHF, ``stage.earlier`` names the previous round's
 ``comparisons_train.jsonl``: its records come first, so the RM trains on every comparison so far.

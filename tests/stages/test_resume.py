@@ -105,6 +105,12 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_weights_of_an_uninterrup
     _, objs = train(make_config([*base, "run_name=killed"]))  # the same command again
     assert objs["trainer"].global_step == steps
     assert_same_weights(setup["root"] / "whole" / stage / "final", sdir / "final")
+    whole = setup["root"] / "whole" / stage
+    a, b = ({k: v for k, v in json.loads((d / "final" / "rlhf.json").read_text())["metrics"].items()
+             if k.startswith("val/") or k in ("train/loss", "train/kl", "train/score")} for d in (whole, sdir))
+    assert a and b == a  # the last validation and step, after the resume as in one go (not wall times)
+    if stage == "sft":  # every epoch's export, after the resume too
+        assert sorted(p.name for p in (sdir / "epochs").iterdir()) == ["epoch_0", "epoch_1", "epoch_2"]
     if stage == "ppo":  # every iteration's samples once, as in the uninterrupted run
         def its(d):
             return [json.loads(line)["iteration"] for line in (d / "samples.jsonl").read_text().splitlines()]

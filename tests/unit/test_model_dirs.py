@@ -40,7 +40,7 @@ def test_a_missing_init_fails_at_once_naming_it(toy_overrides, tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(ModelDirError, match=r"^init=outputs/nope/sft/final: no such directory$"):
         train(make_config([*toy_overrides, "stage=sft", "init=outputs/nope/sft/final"]))
-    assert time.perf_counter() - t0 < 30  # no hub retries (they take a minute); measured: well under a second
+    assert time.perf_counter() - t0 < 5  # no hub retries (they take a minute); measured: 0.02 s
     assert not (tmp_path / "t" / "sft").exists()  # nothing written
 
 
