@@ -208,6 +208,7 @@ class ResumeCheckpoint(pl.Callback):
             return
         step = trainer.global_step
         due = (self._pending is not None or bool(self.every_n and step % self.every_n == 0)
+               or 0 < trainer.max_steps <= step  # the last step: a checkpoint a longer run can go on from
                or bool(self.every_s and time.monotonic() - self._saved_at >= self.every_s))
         if trainer.world_size > 1:  # a collective save: every rank saves when any rank is due
             due = trainer.strategy.reduce_boolean_decision(due, all=False)
@@ -219,7 +220,7 @@ class ResumeCheckpoint(pl.Callback):
             self._stop_if_signalled(trainer)  # not after a whole validation pass
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        self.save(trainer, epoch_end=True)
+        self.save(trainer, epoch_end=_epoch_ends(trainer))  # not when max_steps cut it short: saved above
         self._stop_if_signalled(trainer)
 
     def teardown(self, trainer, module, stage: str) -> None:

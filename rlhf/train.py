@@ -35,8 +35,9 @@ from rlhf.schema import ConfigError, register, validate
 log = logging.getLogger(__name__)
 # keys a run may resume with a new value of: they say only where it stops. A PPO run that goes on to
 # iteration N is the run its config would make from scratch (its prompts, seeds and schedules are
-# functions of the iteration, not of the end); an LM or RM stage's cosine schedule spans its end.
-EXTENDABLE = {"ppo": ("trainer.max_steps", "stage.iterations")}
+# functions of the iteration, not of the end; its last step is checkpointed as mid-epoch); an LM or
+# RM stage's cosine schedule spans its end. stage.iterations ends Lightning's epoch: not extendable.
+EXTENDABLE = {"ppo": ("trainer.max_steps",)}
 REPLACED = "final.replaced"  # a forced run keeps the old final/ here until its own is in place
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repo's top-level conf/
 register()  # the schemas conf/ extends must be in the ConfigStore before anything composes
