@@ -8,8 +8,8 @@ What: Lightning's checkpoint (weights, optimizers, schedulers, loop counters, th
 loader's position, :class:`ResumableLoader`), the RNG states and the last metrics, so a resumed
 stage ends with the same weights as an uninterrupted one (tested bit-exact on CPU).
 How: written beside the old one on the same filesystem (:class:`DirectCheckpointIO`) and renamed
-over it, so ``last.ckpt`` is always complete; a failed write (a full disk) leaves the previous one. Weights that are not
-finite are never saved: the stage stops naming the first bad tensor.
+over it, so ``last.ckpt`` is always complete; a failed write (a full disk) leaves the previous one.
+Weights that are not finite are never saved: the stage stops naming the first bad tensor.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf.handoff import partial_path, publish, remove
+from rlhf.models.reward import NonFiniteError  # one error for NaN or inf, from weights, metrics or scores
 
 log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
@@ -35,10 +36,6 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 class CheckpointError(RuntimeError):
     """``last.ckpt`` could not be written or read."""
-
-
-class NonFiniteError(RuntimeError):
-    """Trained weights or final metrics are NaN or infinite."""
 
 
 def last_checkpoint(sdir: Path) -> Path | None:

@@ -32,7 +32,8 @@ GAIN, BIAS = "rlhf_reward_gain", "rlhf_reward_bias"
 
 
 class NonFiniteError(ValueError):
-    """NaN or inf from a reward model (or in a figure about to be written): the run stops there."""
+    """NaN or inf in a reward model's scores, a stage's weights or metrics, or a figure about to be
+    written: the run stops there, naming it."""
 
 
 def loaded_from(model: PreTrainedModel) -> str:
