@@ -33,6 +33,8 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.data.convert import prompt_key
+
 log = logging.getLogger(__name__)
 RETRIES, RETRY_WAIT = 5, 2.0  # for nodes without them (~labeler +labeler._target_=...): ~1 min, for an API
 
@@ -317,7 +319,8 @@ class RewardModelJudge:
 
     def scores(self, prompt: str, completions: list[str]) -> list[float]:
         """Normalised RM rewards of (prompt, completion), cached."""
-        new = [c for c in dict.fromkeys(completions) if (prompt, c) not in self._cache]
+        key = prompt_key(prompt)  # a conversation is a list: its JSON is the cache key
+        new = [c for c in dict.fromkeys(completions) if (key, c) not in self._cache]
         if new:
             if self._rm is None:
                 if not self.path:  # a FeedbackError, not retried: a missing setting does not pass
@@ -334,8 +337,8 @@ class RewardModelJudge:
             from rlhf.eval.measure import rm_scores
 
             r = rm_scores(*self._rm, [prompt] * len(new), new, self.template).tolist()
-            self._cache.update({(prompt, c): v for c, v in zip(new, r)})
-        return [self._cache[prompt, c] for c in completions]
+            self._cache.update({(key, c): v for c, v in zip(new, r)})
+        return [self._cache[key, c] for c in completions]
 
     def prefer(self, prompt: str, a: str, b: str) -> float:
         ra, rb = self.scores(prompt, [a, b])

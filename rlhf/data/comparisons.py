@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from rlhf.algos.ranking import ranking_to_ranks
 from rlhf.checkpoint import ResumableLoader
-from rlhf.data.formats import read_numbered
+from rlhf.data.formats import Source, read_numbered
 from rlhf.data.lm import Counts, collate_right, report_drops
 from rlhf.models.attention import collate_segmented, pack_groups, shared_prompt_row
 from rlhf.models.tokenizer import encode_pair
@@ -91,7 +91,7 @@ class ComparisonDataModule(pl.LightningDataModule):
     ``train_file`` may be a list: their comparisons are pooled (the paper's came from several models).
     """
 
-    def __init__(self, tok, train_file: str | list[str], val_file: str, batch_size: int, template: str,
+    def __init__(self, tok, train_file: Source | list[Source], val_file: Source, batch_size: int, template: str,
                  max_prompt_tokens: int, max_response_tokens: int, seed: int = 0, shared_prompt: bool = True):
         super().__init__()
         self.tok, self.files, self.shared_prompt = tok, {"train": train_file, "val": val_file}, shared_prompt
@@ -104,7 +104,7 @@ class ComparisonDataModule(pl.LightningDataModule):
             if split in self.data:
                 continue
             self.data[split], total = [], self.counts.setdefault(split, Counts())
-            for path in [paths] if isinstance(paths, str) else paths:
+            for path in paths if isinstance(paths, list) else [paths]:
                 counts, numbered, dropped = Counts(), read_numbered(path, "comparison"), []
                 rows = encode_comparisons([rec for _, rec in numbered], self.tok, self.template,
                                           self.max_prompt, self.max_response, counts, dropped)

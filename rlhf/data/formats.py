@@ -1,19 +1,24 @@
-"""The JSONL formats every stage reads, shared by the built-in world and by users.
+"""The record formats every stage reads, shared by the built-in world and by users.
 
-One JSON object per line, UTF-8 (a byte-order mark at the start is skipped). Extra keys are
-kept (the world adds ``family``).
+Records come from JSONL (one JSON object per line, UTF-8, a leading byte-order mark skipped)
+or from a dataset (``rlhf.data.hf``). Extra keys are kept (the world adds ``family``). Each
+kind is normalised to one form:
 
-- ``text``:          ``{"text": str}``                               (pretraining)
-- ``demonstration``: ``{"prompt": str, "completion": str}``          (SFT)
-- ``comparison``:    ``{"prompt": str, "completions": [str, ...], "ranking": [int, ...]}``
+- ``text``:          ``{"text": str | messages}``                     (pretraining)
+- ``demonstration``: ``{"prompt": P, "completion": str}``, or ``{"text": str}`` (SFT, all tokens trained)
+- ``comparison``:    ``{"prompt": P, "completions": [str, ...], "ranking": [int, ...]}``
                      ranking = indices best first, a permutation, 2 <= K <= 9 (RM);
                      ``{"prompt", "chosen", "rejected"}`` is read as the K=2 case
-- ``prompt``:        ``{"prompt": str}``                              (RL, evaluation)
+- ``prompt``:        ``{"prompt": P}``                                 (RL, evaluation)
 
-A line that breaks its schema stops the load with ``file:line: what is wrong``: bytes that are
-not UTF-8, a ranking of anything but ints (``true``, ``1.0``, ``"1"``), the same completion twice
-(texts compared after ``strip()``: a ranking between them teaches nothing), and a record with
-both the pairwise and the ranked keys (which one was meant is unknown).
+P is a string or a list of chat messages; TRL's other formats (conversational, implicit
+prompt, ``messages``) are read as these by ``rlhf.data.convert``.
+
+A record that breaks its schema stops the load with ``file:line: what is wrong`` (a dataset's:
+``dataset <path> (split s) row n``): bytes that are not UTF-8, a ranking of anything but ints
+(``true``, ``1.0``, ``"1"``), the same completion twice (texts compared after ``strip()``: a
+ranking between them teaches nothing), and a record with both the pairwise and the ranked keys
+(which one was meant is unknown).
 """
 from __future__ import annotations
 
@@ -23,12 +28,13 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from rlhf.data.convert import (best_completion, check_messages, check_prompt, clean_messages, completion_text,
+                               extract_prompt, split_conversation)
+from rlhf.data.hf import DataError, Source, rows
+
 K_MIN, K_MAX = 2, 9  # the paper ranks K = 4..9; pairwise data is K = 2
 KINDS = ("text", "demonstration", "comparison", "prompt")
-
-
-class DataError(ValueError):
-    """A data file that breaks its schema; the message names the file and line."""
+COMPARISON_KEYS = {"chosen", "rejected", "completions", "ranking"}
 
 
 def _nonempty_str(rec: dict, key: str) -> str | None:
@@ -69,47 +75,115 @@ def _check_ranking(ranking: Any, k: int) -> str | None:
     return None
 
 
+def _completions(rec: dict) -> str | None:
+    """Conversational completions (one assistant message each) -> their texts, in place."""
+    for key in ("chosen", "rejected"):
+        if key in rec:
+            rec[key], err = completion_text(rec[key], key)
+            if err:
+                return err
+    if isinstance(rec.get("completions"), list):
+        for i, c in enumerate(rec["completions"]):
+            if isinstance(c, list):
+                rec["completions"][i], err = completion_text(c, f"completion {i}")
+                if err:
+                    return err
+    return None
+
+
 def _check_comparison(rec: dict) -> str | None:
     pairwise, ranked = "chosen" in rec or "rejected" in rec, "completions" in rec or "ranking" in rec
     if pairwise and ranked:
         return "both 'chosen'/'rejected' and 'completions'/'ranking'; keep one form"
     if pairwise:  # pairwise = K=2, chosen first
-        for key in ("prompt", "chosen", "rejected"):
-            if err := _nonempty_str(rec, key):
-                return err
+        for key in ("chosen", "rejected"):
+            if key not in rec:
+                return f"missing key {key!r}"
+        if "prompt" not in rec and (err := extract_prompt(rec)):
+            return err
+        if err := check_prompt(rec) or _completions(rec):
+            return err
         if same := _same(rec["chosen"], rec["rejected"]):
             return f"'chosen' and 'rejected' are {same}"
         rec["completions"] = [rec.pop("chosen"), rec.pop("rejected")]
         rec["ranking"] = [0, 1]
         return None
-    if err := _nonempty_str(rec, "prompt"):
+    if err := check_prompt(rec):
         return err
     comps = rec.get("completions")
     if not isinstance(comps, list):
         return "'completions' must be a list of strings"
     if not K_MIN <= len(comps) <= K_MAX:
         return f"K={len(comps)} completions; need {K_MIN} <= K <= {K_MAX}"
+    if err := _completions(rec):
+        return err
     for i, c in enumerate(comps):
         if not isinstance(c, str) or not c.strip():
             return f"completion {i} is empty or not a string"
     return _duplicate(comps) or _check_ranking(rec.get("ranking"), len(comps))
 
 
+def _keys(rec: dict) -> str:
+    return f"got keys {sorted(rec)} (rename columns with data.columns.<key>=<column>)"
+
+
+def _check_demonstration(rec: dict) -> str | None:
+    if "completion" in rec:
+        if err := check_prompt(rec):
+            return err
+        rec["completion"], err = completion_text(rec["completion"], "completion")
+        return err
+    if "messages" in rec:
+        return split_conversation(rec)
+    if COMPARISON_KEYS & rec.keys():  # SFT on the best-ranked completion
+        return _check_comparison(rec) or best_completion(rec)
+    if "text" in rec:  # a whole text, every token trained (TRL's language-modelling format)
+        return _nonempty_str(rec, "text")
+    return f"expected 'prompt' + 'completion', 'messages', 'text' or a comparison; {_keys(rec)}"
+
+
+def _check_prompt_only(rec: dict) -> str | None:
+    if COMPARISON_KEYS & rec.keys():
+        if err := _check_comparison(rec):
+            return err
+        del rec["completions"], rec["ranking"]
+        return None
+    if "prompt" in rec:
+        return check_prompt(rec)
+    if "messages" in rec:
+        if err := check_messages(rec["messages"], "messages"):
+            return err
+        if any(m["role"] == "assistant" for m in rec["messages"][1:]):
+            return split_conversation(rec)
+        rec["prompt"] = clean_messages(rec.pop("messages"))  # no answer yet: all of it is the prompt
+        return None
+    return f"missing key 'prompt' (or 'messages', or a comparison's); {_keys(rec)}"
+
+
 def check_record(rec: Any, kind: str) -> str | None:
     """Return what is wrong with one record of ``kind`` (None if it is valid).
 
-    Normalises in place: pairwise comparisons become ``completions`` + ``ranking``.
+    Normalises in place to the kind's form (module docstring): pairwise and implicit-prompt
+    comparisons become ``completions`` + ``ranking``, conversational completions their text,
+    and the formats of ``rlhf.data.convert`` what the kind needs of them.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
     if not isinstance(rec, dict):
         return f"expected a JSON object, got {type(rec).__name__}"
     if kind == "text":
+        if "messages" in rec and "text" not in rec:
+            if err := check_messages(rec["messages"], "messages"):
+                return err
+            rec["text"] = clean_messages(rec.pop("messages"))
+            return None
         return _nonempty_str(rec, "text")
     if kind == "prompt":
-        return _nonempty_str(rec, "prompt")
+        return _check_prompt_only(rec)
     if kind == "demonstration":
-        return _nonempty_str(rec, "prompt") or _nonempty_str(rec, "completion")
+        return _check_demonstration(rec)
+    if not COMPARISON_KEYS & rec.keys():
+        return f"a reward model needs rankings: 'chosen' + 'rejected' or 'completions' + 'ranking'; {_keys(rec)}"
     return _check_comparison(rec)
 
 
@@ -133,24 +207,29 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
-def read_numbered(path: str | Path, kind: str) -> list[tuple[int, dict]]:
-    """(line number, record) of a JSONL file of ``kind``, validated; raise DataError naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file (expected JSONL of {kind} records)")
+def read_numbered(source: str | Path | Source, kind: str) -> list[tuple[int, dict]]:
+    """(line or row number, record) of ``source`` (``rlhf.data.hf``: a JSONL path or a dataset),
+    validated and normalised to ``kind``; a bad record raises DataError naming file:line or the row."""
+    src = Source.of(source)
+    if src.is_jsonl:
+        if not Path(src.path).is_file():
+            raise DataError(f"{src.path}: no such data file (expected JSONL of {kind} records)")
+        numbered = ((n, rec if not isinstance(rec, dict) else src.rename(rec)) for n, rec in iter_jsonl(Path(src.path)))
+    else:
+        numbered = rows(src)
     records = []
-    for lineno, rec in iter_jsonl(path):
+    for n, rec in numbered:
         if err := check_record(rec, kind):
-            raise DataError(f"{path}:{lineno}: {err} (expected a {kind} record)")
-        records.append((lineno, rec))
+            raise DataError(f"{src.at(n)}: {err} (expected a {kind} record)")
+        records.append((n, rec))
     if not records:
-        raise DataError(f"{path}: no {kind} records")
+        raise DataError(f"{src}: no {kind} records")
     return records
 
 
-def read_jsonl(path: str | Path, kind: str) -> list[dict]:
-    """Read and validate a JSONL file of ``kind``; raise DataError naming file:line."""
-    return [rec for _, rec in read_numbered(path, kind)]
+def read_jsonl(source: str | Path | Source, kind: str) -> list[dict]:
+    """Read and validate the records of ``source`` (:func:`read_numbered`), without their numbers."""
+    return [rec for _, rec in read_numbered(source, kind)]
 
 
 def partial_path(path: Path) -> Path:

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from rlhf.checkpoint import ResumableLoader
-from rlhf.data.formats import DataError, read_jsonl, read_numbered
+from rlhf.data.formats import DataError, Source, read_jsonl, read_numbered
 from rlhf.models.attention import collate_segmented, pack_documents
-from rlhf.models.tokenizer import encode_pair
+from rlhf.models.tokenizer import encode_pair, text_ids
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
@@ -43,22 +43,30 @@ def encode_texts(records, tok, max_tokens: int, counts: Counts) -> list[dict]:
     """Pretraining: every token of ``text + EOS`` carries loss; longer texts are cut."""
     out = []
     for rec in records:
-        ids = tok(rec["text"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        if len(ids) > max_tokens:
-            ids, counts.truncated_response = ids[:max_tokens], counts.truncated_response + 1
-        out.append({"input_ids": ids, "labels": list(ids)})
+        out.append(encode_text(rec["text"], tok, max_tokens, counts))
     counts.kept += len(out)
     return out
 
 
+def encode_text(text, tok, max_tokens: int, counts: Counts) -> dict:
+    """``text + EOS`` (a conversation in the chat template), every token labelled, cut at ``max_tokens``."""
+    ids = text_ids(tok, text) + [tok.eos_token_id]
+    if len(ids) > max_tokens:
+        ids, counts.truncated_response = ids[:max_tokens], counts.truncated_response + 1
+    return {"input_ids": ids, "labels": list(ids)}
+
+
 def encode_demonstrations(records, tok, template: str, max_prompt: int, max_response: int, counts: Counts,
                           dropped: list[int] | None = None) -> list[dict]:
-    """SFT: loss on completion tokens only; the prompt is masked with IGNORE.
+    """SFT: loss on completion tokens only; the prompt (earlier turns included) is masked with IGNORE.
 
     The index (in ``records``) of each one dropped for a long prompt is appended to ``dropped``.
     """
     out, dropped = [], [] if dropped is None else dropped
     for i, rec in enumerate(records):
+        if "completion" not in rec:  # a whole text (TRL's language-modelling format): every token trained
+            out.append(encode_text(rec["text"], tok, max_prompt + max_response, counts))
+            continue
         p, r = encode_pair(tok, rec["prompt"], rec["completion"], template)
         if len(p) > max_prompt:
             counts.dropped_long_prompt += 1
@@ -72,15 +80,17 @@ def encode_demonstrations(records, tok, template: str, max_prompt: int, max_resp
 
 
 def report_drops(path, what: str, lines: list[int], kept: int, max_prompt: int) -> None:
-    """Log the line numbers of ``path``'s records dropped for a prompt over ``max_prompt`` tokens;
-    raise DataError if none was kept (a stage would train on nothing, or fail later and obscurely)."""
+    """Log the line (or row) numbers of ``path``'s records dropped for a prompt over ``max_prompt``
+    tokens; raise DataError if none was kept (a stage would train on nothing, or fail later and obscurely)."""
+    path = Source.of(path)
     if not kept:
         raise DataError(f"{path}: every {what} was dropped ({len(lines)} of {len(lines)}): their prompts are longer "
                         f"than data.max_prompt_tokens={max_prompt} tokens (raise it, or shorten the prompts)")
     if lines:
         more = f" (first {SHOWN_LINES} of {len(lines)})" if len(lines) > SHOWN_LINES else ""
-        log.warning("%s: %d of %d %ss dropped, prompt > data.max_prompt_tokens=%d tokens: lines %s%s", path,
-                    len(lines), len(lines) + kept, what, max_prompt, ", ".join(map(str, lines[:SHOWN_LINES])), more)
+        log.warning("%s: %d of %d %ss dropped, prompt > data.max_prompt_tokens=%d tokens: %ss %s%s", path,
+                    len(lines), len(lines) + kept, what, max_prompt, path.unit, ", ".join(map(str, lines[:SHOWN_LINES])),
+                    more)
 
 
 def collate_right(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -107,9 +117,9 @@ class LMDataModule(pl.LightningDataModule):
     (full loss), drawn at random from ``mix_file``; the paper's PPO init is SFT with 10% mixed in.
     """
 
-    def __init__(self, tok, kind: str, train_file: str, val_file: str, batch_size: int,
+    def __init__(self, tok, kind: str, train_file: str | Source, val_file: str | Source, batch_size: int,
                  template: str, max_prompt_tokens: int, max_response_tokens: int, seed: int = 0,
-                 mix_file: str | None = None, mix_fraction: float = 0.0, pack: bool = False):
+                 mix_file: str | Source | None = None, mix_fraction: float = 0.0, pack: bool = False):
         super().__init__()
         if not 0.0 <= mix_fraction < 1.0 or (mix_fraction > 0 and not mix_file):
             raise ValueError(f"pretrain mix: fraction {mix_fraction} must be in [0, 1) and needs a text file")

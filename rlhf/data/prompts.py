@@ -10,7 +10,7 @@ have seen, and no two ranks share a batch (rank r of W takes stream batch k * W 
 A batch::
 
     input_ids, attention_mask  (B, Tq)  prompts rendered with the one template, LEFT-padded
-    prompts                    B strings (for the sample table)
+    prompts                    B prompts, strings or message lists (for the sample table)
     ptx                        (PPO-ptx only) one LM batch per optimizer step (``ptx_steps``),
                                each of ptx_per_iteration / ptx_steps texts, packed into rows
                                (``pack``) or right-padded (``rlhf.data.lm.collate_lm``)
@@ -29,9 +29,9 @@ from typing import Callable
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
-from rlhf.data.formats import read_jsonl, read_numbered
+from rlhf.data.formats import Source, read_jsonl, read_numbered
 from rlhf.data.lm import Counts, collate_lm, encode_texts, report_drops
-from rlhf.models.tokenizer import encode_pair
+from rlhf.models.tokenizer import prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class Iterations(IterableDataset):
 class PromptDataModule(pl.LightningDataModule):
     """The PPO prompt stream (``data.files.prompts_ppo``) and, with ``ptx_file``, the ptx stream."""
 
-    def __init__(self, tok, prompts_file: str, batch_size: int, template: str, max_prompt_tokens: int,
-                 iterations: int | None, seed: int = 0, ptx_file: str | None = None,
+    def __init__(self, tok, prompts_file: str | Source, batch_size: int, template: str, max_prompt_tokens: int,
+                 iterations: int | None, seed: int = 0, ptx_file: str | Source | None = None,
                  ptx_per_iteration: int = 0, max_ptx_tokens: int = 1024, ptx_steps: int = 1,
                  pack_ptx: bool = True):
         super().__init__()
@@ -89,7 +89,7 @@ class PromptDataModule(pl.LightningDataModule):
         counts = self.counts["prompts"] = Counts()
         dropped = []  # line numbers
         for lineno, rec in read_numbered(self.files["prompts"], "prompt"):
-            ids = encode_pair(self.tok, rec["prompt"], "", self.template)[0]  # the SFT/RM prompt encoding
+            ids = prompt_ids(self.tok, rec["prompt"], self.template)  # the SFT/RM prompt encoding
             if len(ids) > self.max_prompt:
                 counts.dropped_long_prompt += 1
                 dropped.append(lineno)

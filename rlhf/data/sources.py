@@ -1,4 +1,5 @@
-"""Resolve a stage's data files: user JSONL paths, or the built-in world written on first use."""
+"""Resolve a stage's data: user files and datasets (``rlhf.data.hf``), or the built-in world
+written on first use."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rlhf.data.hf import Source
 from rlhf.schema import ConfigError
 
 # data.world.<key> -> world.json's sizes.<split>, for worlds written before world.json kept its params
@@ -57,12 +59,16 @@ def ensure_world(data_cfg: DictConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def data_file(cfg: DictConfig, key: str) -> Path:
-    """Path of ``data.files.<key>``; an error names the key and the stage that needs it."""
+def data_source(cfg: DictConfig, key: str) -> Source:
+    """``data.files.<key>`` (a path or a dataset spec, ``rlhf.data.hf``) with ``data.columns``;
+    an error names the key and the stage that needs it."""
     if cfg.data.get("world") is not None:
         ensure_world(cfg.data)
-    path = cfg.data.files.get(key)
-    if not path:
+    spec = cfg.data.files.get(key)
+    if not spec:
         raise ValueError(f"data.files.{key} is not set, and stage {cfg.stage.name!r} needs it "
-                         f"(set it with data.files.{key}=/path/to/file.jsonl)")
-    return Path(path)
+                         f"(set it with data.files.{key}=/path/to/file.jsonl, a dataset directory or hub id)")
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    columns = OmegaConf.to_container(cfg.data.columns, resolve=True) if cfg.data.get("columns") else {}
+    return Source.of(spec, columns, key)

@@ -11,6 +11,7 @@ from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.algos.logprobs import logprobs_from_logits
 from rlhf.data.lm import Counts, collate_right, encode_demonstrations, encode_texts
 from rlhf.models.reward import NonFiniteError, check_rewards, completion_rewards
+from rlhf.data.convert import as_messages
 from rlhf.models.tokenizer import encode_pair
 
 
@@ -108,6 +109,16 @@ def few_shot_template(demos: list[dict], template: str) -> str:
     """
     shots = "".join(template.format(prompt=d["prompt"]) + d["completion"] + "\n" for d in demos)
     return shots.replace("{", "{{").replace("}", "}}") + template
+
+
+def few_shot(demos: list[dict], prompts: list, template: str) -> tuple[list, str]:
+    """(prompts, template) of the "prompted" baseline: k demonstrations before every prompt, in the
+    template for string prompts, as earlier user/assistant turns for conversational ones."""
+    shots = [d for d in demos if "completion" in d]  # a whole-text record is no shot
+    if all(isinstance(p, str) for p in prompts):
+        return prompts, few_shot_template([d for d in shots if isinstance(d["prompt"], str)], template)
+    turns = [m for d in shots for m in as_messages(d["prompt"]) + [{"role": "assistant", "content": d["completion"]}]]
+    return [turns + as_messages(p) for p in prompts], template
 
 
 def judge_pairs(judge, prompts, responses, reference, rng: random.Random) -> list[float]:

@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from rlhf.models.build import position_ids
-from rlhf.models.tokenizer import render_prompt
+from rlhf.models.tokenizer import prompt_ids
 
 PRUNE_FRACTION = 1 / 8  # drop finished rows once they are this share of the batch: each drop copies the cache
 
@@ -79,17 +79,16 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
 
 
 @torch.no_grad()
-def sample(model, tok, prompts: list[str], template: str, n: int = 1, max_new_tokens: int = 48,
+def sample(model, tok, prompts: list, template: str, n: int = 1, max_new_tokens: int = 48,
            temperature: float = 1.0, batch_size: int = 64) -> list[list[str]]:
     """``n`` responses per prompt, cut at EOS; greedy when ``temperature == 0``."""
     was_training = model.training
     model.eval()
-    tok.padding_side = "left"  # generation continues right after each prompt's last token
     out: list[list[str]] = []
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        enc = tok([render_prompt(tok, p, template) for p in chunk], return_tensors="pt",
-                  padding=True, add_special_tokens=False).to(model.device)
+        enc = tok.pad({"input_ids": [prompt_ids(tok, p, template) for p in chunk]},  # left: generation continues
+                      padding_side="left", return_tensors="pt").to(model.device)  # right after each prompt
         ids = decode(model, enc["input_ids"].repeat_interleave(n, 0), enc["attention_mask"].repeat_interleave(n, 0),
                      max_new_tokens, temperature, tok.eos_token_id, tok.pad_token_id)
         texts = tok.batch_decode(ids, skip_special_tokens=True)

@@ -195,7 +195,8 @@ class Data:
     template: str = MISSING                      # prompt -> model input without a chat template
     max_prompt_tokens: int = size()
     max_response_tokens: int = size()
-    files: Dict[str, Optional[str]] = MISSING    # key -> JSONL path
+    files: Dict[str, Any] = MISSING              # key -> JSONL path, or a dataset: path/hub id or {path, split, subset, columns}
+    columns: Dict[str, str] = field(default_factory=dict)  # record key -> dataset column, for every file
 
 
 @dataclass

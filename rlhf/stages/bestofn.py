@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.eval.measure import judge_pairs, mean_ci, require_finite, rm_scores
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import inference_device, load_causal_lm
@@ -35,7 +35,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if not cfg.get("init") or not st.get("reward_model"):
         raise ValueError("stage=bestofn needs init=<policy final/> and stage.reward_model=<RM final/>")
     torch.manual_seed(cfg.seed)
-    prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
+    prompts = [r["prompt"] for r in read_jsonl(data_source(cfg, st.prompts), "prompt")][: st.max_prompts]
     tok, model = AutoTokenizer.from_pretrained(cfg.init), load_causal_lm(cfg.init, cfg)
     groups = sample(model, tok, prompts, cfg.data.template, n=st.n,
                     max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)

@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 
 from rlhf import feedback
 from rlhf.data.formats import read_jsonl, write_jsonl
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import load_causal_lm
 from rlhf.models.generate import sample
@@ -142,7 +142,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     labeler = feedback.load(cfg.labeler)
     earlier = read_jsonl(cfg.stage.earlier, "comparison") if cfg.stage.earlier else []
-    prompts = {split: [r["prompt"] for r in read_jsonl(data_file(cfg, key), "prompt")][:limit]
+    prompts = {split: [r["prompt"] for r in read_jsonl(data_source(cfg, key), "prompt")][:limit]
                for split, key, limit in (("train", cfg.stage.train_prompts, cfg.stage.max_train_prompts),
                                          ("val", cfg.stage.val_prompts, cfg.stage.max_val_prompts))}
     rows, metrics = samples(cfg, sdir, prompts), {}

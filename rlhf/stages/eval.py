@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 from rlhf import feedback
 from rlhf.algos.kl import best_of_n_kl
 from rlhf.data.formats import read_jsonl, write_jsonl
-from rlhf.data.sources import data_file
-from rlhf.eval.measure import (few_shot_template, judge_pairs, mean_ci, require_finite, response_logprobs,
+from rlhf.data.sources import data_source
+from rlhf.eval.measure import (few_shot, judge_pairs, mean_ci, require_finite, response_logprobs,
                                rm_scores, text_loss)
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import inference_device, load_causal_lm
@@ -40,24 +40,26 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     if st.reference not in models:
         raise ValueError(f"stage.models.{st.reference} (the reference every model is compared with) is not set")
     torch.manual_seed(cfg.seed)
-    prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
-    texts = [r["text"] for r in read_jsonl(data_file(cfg, st.pretrain_val), "text")][: st.max_pretrain_texts]
+    prompts = [r["prompt"] for r in read_jsonl(data_source(cfg, st.prompts), "prompt")][: st.max_prompts]
+    texts = [r["text"] for r in read_jsonl(data_source(cfg, st.pretrain_val), "text")][: st.max_pretrain_texts]
     flat = [p for p in prompts for _ in range(st.samples_per_prompt)]
-    runs = {name: (path, template) for name, path in models.items()}
+    runs = {name: (path, template, prompts) for name, path in models.items()}
     if st.prompted and "base" in models:
-        demos = read_jsonl(data_file(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
-        runs["prompted"] = (models["base"], few_shot_template(demos, template))
+        demos = read_jsonl(data_source(cfg, "sft_train"), "demonstration")[: st.prompted_shots]
+        shot_prompts, shot_template = few_shot(demos, prompts, template)
+        runs["prompted"] = (models["base"], shot_template, shot_prompts)
     ref_path, max_tokens = models[st.reference], cfg.data.max_prompt_tokens + cfg.data.max_response_tokens
     ref_tok, ref = AutoTokenizer.from_pretrained(ref_path), load_causal_lm(ref_path, cfg)
     ref_loss = text_loss(ref, ref_tok, texts, max_tokens)
     responses, stats = {}, {}
-    for name, (path, tmpl) in runs.items():  # one model in memory at a time, beside the reference
+    for name, (path, tmpl, shown) in runs.items():  # one model in memory at a time, beside the reference
         torch.manual_seed(cfg.seed)  # each model's samples depend on it and the seed, not on the others'
         tok, model = AutoTokenizer.from_pretrained(path), load_causal_lm(path, cfg)
-        outs = sample(model, tok, prompts, tmpl, n=st.samples_per_prompt,
+        outs = sample(model, tok, shown, tmpl, n=st.samples_per_prompt,
                       max_new_tokens=cfg.data.max_response_tokens, temperature=st.temperature)
         res = responses[name] = [r for rs in outs for r in rs]
-        kl = response_logprobs(model, tok, flat, res, tmpl) - response_logprobs(ref, ref_tok, flat, res, tmpl)
+        shown = [p for p in shown for _ in range(st.samples_per_prompt)]
+        kl = response_logprobs(model, tok, shown, res, tmpl) - response_logprobs(ref, ref_tok, shown, res, tmpl)
         pt = text_loss(model, tok, texts, max_tokens)
         stats[name] = {"kl_to_ref": mean_ci(kl.tolist()), "pretrain_val_loss": (pt,) * 3,
                        "alignment_tax": (pt - ref_loss,) * 3}
@@ -74,7 +76,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
         responses["best_of_n"] = best_of_n(ref, ref_tok, rm, rm_tok, prompts, st, cfg.data.max_response_tokens, template)
         stats["best_of_n"] = {"kl_to_ref": (best_of_n_kl(st.best_of_n),) * 3,
                               "pretrain_val_loss": (ref_loss,) * 3, "alignment_tax": (0.0,) * 3}
-        runs["best_of_n"] = (ref_path, template)
+        runs["best_of_n"] = (ref_path, template, prompts)
         log.info("eval: best of %d of %s's samples by the RM, for %d prompts", st.best_of_n, st.reference, len(flat))
     elif st.best_of_n:
         log.warning("stage.best_of_n=%d but stage.reward_model is not set: no best-of-n baseline", st.best_of_n)

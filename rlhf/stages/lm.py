@@ -5,9 +5,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from rlhf.data.convert import plain_text
 from rlhf.data.formats import read_jsonl
 from rlhf.data.lm import LMDataModule
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.handoff import EpochExport, save_hf
 from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout
 from rlhf.modules.lm import LMModule
@@ -19,8 +20,8 @@ def _corpus(cfg: DictConfig):
         files = [(k, kind) for k, kind in (("pretrain_train", "text"), ("sft_train", "demonstration"))
                  if cfg.data.files.get(k)]
         for key, kind in files:
-            for rec in read_jsonl(data_file(cfg, key), kind):
-                yield from (rec["text"],) if kind == "text" else (rec["prompt"], rec["completion"])
+            for rec in read_jsonl(data_source(cfg, key), kind):
+                yield from map(plain_text, (rec["text"],) if "text" in rec else (rec["prompt"], rec["completion"]))
     return texts
 
 
@@ -28,10 +29,10 @@ def setup(cfg: DictConfig, sdir: Path):
     st = cfg.stage
     tok = load_tokenizer(cfg, sdir / "tokenizer", _corpus(cfg))
     dm = LMDataModule(
-        tok, st.data_kind, str(data_file(cfg, st.train_data)), str(data_file(cfg, st.val_data)),
+        tok, st.data_kind, data_source(cfg, st.train_data), data_source(cfg, st.val_data),
         batch_size=st.batch_size, template=cfg.data.template, seed=cfg.seed,
         max_prompt_tokens=cfg.data.max_prompt_tokens, max_response_tokens=cfg.data.max_response_tokens,
-        mix_file=str(data_file(cfg, "pretrain_train")) if st.get("pretrain_mix") else None,
+        mix_file=data_source(cfg, "pretrain_train") if st.get("pretrain_mix") else None,
         mix_fraction=st.get("pretrain_mix") or 0.0, pack=st.pack)
     dm.setup("fit")  # bad or emptied data fails here, before the model is built
     model = build_causal_lm(cfg, tok)

@@ -26,7 +26,7 @@ from rlhf import feedback
 from rlhf.algos.kl import AdaptiveKLController, FixedKLController, best_of_n_kl
 from rlhf.data.formats import read_jsonl
 from rlhf.data.prompts import PromptDataModule
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.eval import selection
 from rlhf.eval.monitor import PPOMonitor
 from rlhf.handoff import save_hf, save_json
@@ -75,8 +75,8 @@ def setup(cfg: DictConfig, sdir: Path):
     steps_per_iteration = st.ppo_epochs * (st.batch_size // st.minibatch_size)
     ptx_on = cfg.ptx.coef > 0
     dm = PromptDataModule(
-        tok, str(data_file(cfg, st.prompts)), st.batch_size, data.template, data.max_prompt_tokens,
-        st.iterations, seed=cfg.seed, ptx_file=str(data_file(cfg, cfg.ptx.data)) if ptx_on else None,
+        tok, data_source(cfg, st.prompts), st.batch_size, data.template, data.max_prompt_tokens,
+        st.iterations, seed=cfg.seed, ptx_file=data_source(cfg, cfg.ptx.data) if ptx_on else None,
         # paper: examples_per_episode x the minibatch's episodes with every optimizer step
         ptx_per_iteration=cfg.ptx.examples_per_episode * st.minibatch_size * steps_per_iteration if ptx_on else 0,
         max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
@@ -110,7 +110,7 @@ def monitor(cfg: DictConfig, sdir: Path, tok) -> PPOMonitor:
     st, key = cfg.stage, cfg.stage.eval_prompts
     prompts = []
     if st.eval_every and cfg.data.files.get(key):
-        prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, key), "prompt")][: st.max_eval_prompts]
+        prompts = [r["prompt"] for r in read_jsonl(data_source(cfg, key), "prompt")][: st.max_eval_prompts]
     elif st.eval_every:
         log.warning("stage.eval_every=%d but data.files.%s is not set: no validation win rate (and no "
                     "reward-hacking alarm); the other alarms run", st.eval_every, key)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from rlhf.data.comparisons import ComparisonDataModule
 from rlhf.data.formats import read_numbered
 from rlhf.data.lm import Counts, encode_demonstrations, report_drops
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.handoff import EpochExport, save_hf
 from rlhf.models.build import load_tokenizer, set_dropout, weights_source
 from rlhf.models.reward import load_reward_model, score_ids, set_normalization
@@ -30,12 +30,12 @@ def setup(cfg: DictConfig, sdir: Path):
                          "(or any HF causal LM path / hub id, or an HF model preset such as model=gpt2)")
     tok = load_tokenizer(cfg, sdir / "tokenizer", corpus=lambda: ())  # the checkpoint's own
     dm = ComparisonDataModule(
-        tok, [str(data_file(cfg, k)) for k in [st.train_data, *(st.get("extra_train_data") or [])]],
-        str(data_file(cfg, st.val_data)),
+        tok, [data_source(cfg, k) for k in [st.train_data, *(st.get("extra_train_data") or [])]],
+        data_source(cfg, st.val_data),
         batch_size=st.batch_size, template=data.template, seed=cfg.seed, shared_prompt=st.shared_prompt,
         max_prompt_tokens=data.max_prompt_tokens, max_response_tokens=data.max_response_tokens)
     normalize = {  # resolved now, so a missing file fails before training, not after
-        "data": str(data_file(cfg, st.normalize_data)) if st.normalize_data else None,
+        "data": data_source(cfg, st.normalize_data) if st.normalize_data else None,
         "gain": bool(st.normalize_gain), "template": data.template,
         "max_prompt_tokens": data.max_prompt_tokens, "max_response_tokens": data.max_response_tokens}
     dm.setup("fit")  # bad or emptied data fails here, before the model loads and trains
@@ -67,7 +67,7 @@ def normalize_on_demonstrations(model, tok, spec: dict) -> dict:
     bias = -gain * mean
     set_normalization(model, gain, bias)
     after = gain * raw + bias
-    return {"convention": "reward = gain * raw + bias", "data": spec["data"], "n": len(rows),
+    return {"convention": "reward = gain * raw + bias", "data": str(spec["data"]), "n": len(rows),
             "dropped_long_prompt": counts.dropped_long_prompt, "gain": gain, "bias": bias,
             "raw_mean": mean, "raw_std": std, "mean": after.mean().item(),
             "std": after.std().item() if len(raw) > 1 else 0.0}

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from transformers import AutoTokenizer
 
 from rlhf.data.formats import read_jsonl
-from rlhf.data.sources import data_file
+from rlhf.data.sources import data_source
 from rlhf.eval.measure import rm_scores
 from rlhf.handoff import provenance, save_json
 from rlhf.models.build import inference_device, load_causal_lm
@@ -33,7 +33,7 @@ def run(cfg: DictConfig, sdir: Path) -> dict:
     st = cfg.stage
     if not cfg.get("init") or not st.get("reward_model"):
         raise ValueError("stage=select needs init=<SFT final/> and stage.reward_model=<RM final/>")
-    prompts = [r["prompt"] for r in read_jsonl(data_file(cfg, st.prompts), "prompt")][: st.max_prompts]
+    prompts = [r["prompt"] for r in read_jsonl(data_source(cfg, st.prompts), "prompt")][: st.max_prompts]
     rm = load_reward_model(st.reward_model, key="stage.reward_model").to(inference_device(cfg)).eval()
     rm_tok = AutoTokenizer.from_pretrained(st.reward_model)
     scores = {}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rlhf.data.formats import DataError, read_jsonl
+from rlhf.data.formats import DataError, check_record, read_jsonl
 
 
 def write(tmp_path, lines):
@@ -82,3 +82,53 @@ def test_only_blank_lines_is_no_records(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="no such data file"):
         read_jsonl(tmp_path / "nope.jsonl", "text")
+
+
+U = [{"role": "user", "content": "hi"}]
+A = [{"role": "assistant", "content": "hello"}]
+B = [{"role": "assistant", "content": "go away"}]
+
+
+@pytest.mark.parametrize("kind,rec,want", [
+    # implicit prompt, strings: split at the last shared word boundary
+    ("comparison", {"chosen": "Human: hi\nAssistant: hello there", "rejected": "Human: hi\nAssistant: help"},
+     {"prompt": "Human: hi\nAssistant:", "completions": ["hello there", "help"], "ranking": [0, 1]}),
+    ("comparison", {"chosen": "Q: x A: yes", "rejected": "Q: x A: yes indeed"},  # one the other's beginning
+     {"prompt": "Q: x A:", "completions": ["yes", "yes indeed"], "ranking": [0, 1]}),
+    # implicit prompt, conversational: the shared messages
+    ("comparison", {"chosen": U + A, "rejected": U + B}, {"prompt": U, "completions": ["hello", "go away"], "ranking": [0, 1]}),
+    ("comparison", {"prompt": U, "completions": [A, B], "ranking": [1, 0]},
+     {"prompt": U, "completions": ["hello", "go away"], "ranking": [1, 0]}),
+    # SFT takes the best-ranked completion, or a conversation's last assistant turn
+    ("demonstration", {"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]}, {"prompt": "p", "completion": "c"}),
+    ("demonstration", {"prompt": U, "chosen": A, "rejected": B}, {"prompt": U, "completion": "hello"}),
+    ("demonstration", {"messages": U + A + U + B}, {"prompt": U + A + U, "completion": "go away"}),
+    ("demonstration", {"text": "a whole text"}, {"text": "a whole text"}),
+    # RL takes the prompt of anything that has one
+    ("prompt", {"messages": U + A}, {"prompt": U, "completion": "hello"}),
+    ("prompt", {"messages": U}, {"prompt": U}),
+    ("prompt", {"chosen": U + A, "rejected": U + B}, {"prompt": U}),
+    ("text", {"messages": U + A}, {"text": U + A}),
+    # columns arrow fills with nulls do not reach the template
+    ("prompt", {"prompt": [{"role": "user", "content": "hi", "tool_calls": None}]}, {"prompt": U}),
+])
+def test_trl_formats_are_read_as_each_kind_needs(kind, rec, want):
+    assert check_record(rec, kind) is None
+    assert rec == want
+
+
+@pytest.mark.parametrize("kind,rec,msg", [
+    ("comparison", {"chosen": "yes", "rejected": "no"}, "share no beginning, so no prompt can be extracted"),
+    ("comparison", {"chosen": A, "rejected": B}, "share no first message"),
+    ("comparison", {"prompt": U, "chosen": A + U + A, "rejected": B}, "'chosen' must be one assistant message, got roles"),
+    ("comparison", {"prompt": U, "chosen": U, "rejected": B}, "'chosen' must be one assistant message"),
+    ("comparison", {"chosen": U + A, "rejected": "hi"}, "must both be strings or both message lists"),
+    ("comparison", {"prompt": "p", "completion": "c"}, "a reward model needs rankings"),
+    ("prompt", {"prompt": [{"role": "robot", "content": "x"}]}, "has role 'robot'"),
+    ("prompt", {"prompt": [{"role": "user", "content": [{"type": "text"}]}]}, "'content' must be a string"),
+    ("prompt", {"text": "t"}, "missing key 'prompt'"),
+    ("demonstration", {"messages": A}, "needs a turn before an assistant turn"),
+    ("demonstration", {"question": "q"}, "rename columns with data.columns"),
+])
+def test_trl_formats_that_cannot_be_read_say_why(kind, rec, msg):
+    assert msg in check_record(rec, kind)
