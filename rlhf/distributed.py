@@ -32,6 +32,8 @@ from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel
 from transformers import PreTrainedModel
 
+from rlhf.models.lora import View, copy_adapters, has_adapters
+
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
 # FSDP1 / Lightning prefixes in module names; plain models have none
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -227,6 +229,8 @@ def _plain_copy(model: PreTrainedModel, state_dict: dict) -> PreTrainedModel:
     cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP2 renamed it FSDP<cls>
     with torch.device("meta"):
         copy = cls(model.config)
+        if has_adapters(model):  # LoRA: the same adapters, so its state dict loads
+            copy = copy_adapters(model, copy)
     copy.load_state_dict(state_dict, strict=True, assign=True)
     buffers = {_clean(n): b for n, b in model.named_buffers()}  # not sharded; non-persistent ones (rotary)
     for name, buf in list(copy.named_buffers()):          # are not in the state dict
@@ -248,9 +252,13 @@ def _clean(name: str) -> str:
 
 
 def full_model(trainer: pl.Trainer, model: nn.Module) -> nn.Module | None:
-    """``model`` itself when it is not sharded; else (every rank calls) a plain full copy on rank 0, None elsewhere."""
+    """``model`` itself when it is not sharded; else (every rank calls) a plain full copy on rank 0, None elsewhere
+    (of a LoRA :class:`View`, the same view of the plain copy)."""
     if not is_sharded(trainer.strategy.model):
         return model
+    if isinstance(model, View):
+        whole = full_model(trainer, model.model)
+        return View(whole, model.adapter) if whole is not None else None
     state = _full_state_dict(trainer, model)
     return _plain_copy(model, state) if trainer.is_global_zero else None
 

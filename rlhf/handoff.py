@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.data.formats import partial_path, write_atomic
 from rlhf.distributed import full_model
+from rlhf.models.lora import exported
 
 PROVENANCE = "rlhf.json"
 # what a stage's training run leaves beside final/: removed when a stage starts from scratch
@@ -131,4 +132,5 @@ class EpochExport(pl.Callback):
             return
         model = full_model(trainer, module.model)  # sharded strategies: every rank takes part in the gather
         if trainer.is_global_zero:
-            save_hf(model, self.tokenizer, self.sdir / "epochs" / f"epoch_{trainer.current_epoch}")
+            # LoRA: the merged model, and the adapter in adapter/
+            save_hf(exported(model), self.tokenizer, self.sdir / "epochs" / f"epoch_{trainer.current_epoch}")

@@ -34,6 +34,7 @@ from rlhf.algos.logprobs import entropy_from_logits, logprobs_from_logits
 from rlhf.algos.ppo import Rollout, conservative_reward
 from rlhf.models.build import position_ids
 from rlhf.models.generate import decode
+from rlhf.models.lora import viewing
 from rlhf.models.reward import normalization, sequence_rewards, token_values
 
 
@@ -145,7 +146,9 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
     ``FullyShardedDataParallel.summon_full_params(policy, writeback=False, recurse=True)``.
     The scoring passes below are plain forwards and run sharded as they are. ``times`` collects
     the wall seconds of generation and of each scoring pass (``phase``). ``reward_model`` may be
-    an ``nn.ModuleList`` of RMs, an ensemble scored by ``conservative_reward``.
+    an ``nn.ModuleList`` of RMs, an ensemble scored by ``conservative_reward``. Under LoRA the
+    reference and the RM are ``rlhf.models.lora.View``s of the policy and the value model: their
+    passes run with the adapters off, the policy's and the value model's with them on.
     """
     with phase(times, "generation"), full_params():
         response = sample_responses(policy, query_ids, query_mask, max_new_tokens, temperature, eos_id, pad_id)
@@ -160,7 +163,7 @@ def rollout(policy, reference, value_model, reward_model, query_ids: torch.Tenso
     with phase(times, "value_pass"):
         values = response_values(value_model, *q)
     members = list(reward_model) if isinstance(reward_model, nn.ModuleList) else [reward_model]
-    with phase(times, "rm_pass"):  # each read at EOS (or the last token)
+    with phase(times, "rm_pass"), viewing(*members):  # each read at EOS (or the last token)
         raw = torch.stack([sequence_rewards(m, *_joined(*q), raw=True).float() for m in members])  # (M, B)
     normalised = torch.stack([gain * r + bias for r, (gain, bias) in zip(raw, map(normalization, members))])
     rm_score = conservative_reward(normalised, ensemble_coef)

@@ -72,10 +72,12 @@ def load_reward_model(path_or_id: str, fresh_head: bool = False, key: str = "rew
 
 
 def score_head(model: PreTrainedModel) -> nn.Linear:
-    """The head the class puts on its backbone (``score`` for llama/gpt2/gpt_neox, ...)."""
+    """The head the class puts on its backbone (``score`` for llama/gpt2/gpt_neox, ...). Under LoRA
+    it is peft's wrapper, which computes with the trained copy, or adapters off the original."""
     for name, module in model.named_children():
-        if module is not model.base_model and isinstance(module, nn.Linear) \
-                and module.out_features == model.config.num_labels:
+        linear = getattr(module, "original_module", module)  # peft's modules_to_save wrapper (rlhf.models.lora)
+        if module is not model.base_model and isinstance(linear, nn.Linear) \
+                and linear.out_features == model.config.num_labels:
             return module
     raise ValueError(f"{type(model).__name__}: no linear scoring head with {model.config.num_labels} output(s)")
 

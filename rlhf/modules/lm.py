@@ -8,8 +8,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from rlhf.algos.lm_loss import IGNORE, lm_loss
-from rlhf.distributed import clip_gradients, shard
+from rlhf.distributed import clip_gradients, is_sharded, shard
 from rlhf.models.attention import model_mask
+from rlhf.models.lora import drop_base_weights, has_adapters, restore_base_weights
 
 
 def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
@@ -21,6 +22,11 @@ def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
         num_training_steps=max(1, module.trainer.estimated_stepping_batches),
         min_lr_rate=opt_cfg.min_lr_ratio)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def trainable(model) -> list:
+    """The weights an optimizer steps: all of them, or under LoRA the adapters (and a head trained whole)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def lm_logits(model, batch: dict) -> torch.Tensor:
@@ -43,6 +49,8 @@ class LMModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         shard(self, self.model)  # strategy=fsdp2: FSDP2 per transformer block; other strategies: nothing
+        if is_sharded(self.model) and has_adapters(self.model):  # LoRA: last.ckpt holds the adapters; FSDP2 loads
+            self.strict_loading = False  # them before on_load_checkpoint could add the base weights
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # strategy=fsdp clips its own way
@@ -64,4 +72,12 @@ class LMModule(pl.LightningModule):
         self.log("val/token_acc", self.val_acc)
 
     def configure_optimizers(self):
-        return adamw_cosine(self, self.model.parameters(), self.optim_cfg)
+        return adamw_cosine(self, trainable(self.model), self.optim_cfg)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):  # LoRA: the frozen base reloads from init
+            drop_base_weights(checkpoint, "model.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):
+            restore_base_weights(self, checkpoint, "model.")

@@ -15,6 +15,9 @@ its first minibatch, how far the update's log-probs are from the rollout's (``mi
 Policy and value model have their own Adam (paper: betas (0.9, 0.95), value lr 9e-6, eps 1e-5),
 LR constant after a linear warmup from 1/10 of peak over ``warmup_iterations``. An EMA of the
 policy weights (paper 0.992, updated after every policy step) is what the stage exports.
+Under LoRA (``rlhf.models.lora``) the reference IS the policy and the RM the value model, each read
+with its adapters off (a ``View``), the EMA averages the policy's adapter only, and the checkpoint
+holds adapters, not the frozen base weights.
 ``trainer.global_step`` counts PPO iterations (see ``_step``).
 """
 from __future__ import annotations
@@ -36,7 +39,9 @@ from rlhf.algos.ppo import gae, kl_penalized_rewards, policy_loss, value_loss
 from rlhf.algos.stats import explained_variance, masked_mean, masked_sum, masked_whiten
 from rlhf.distributed import clip_grad_norm, gathered, is_sharded, shard
 from rlhf.handoff import write_atomic
-from rlhf.modules.lm import lm_logits
+from rlhf.models.lora import (ADAPTER, EMA, AdapterEMA, View, drop_base_weights, has_adapters,
+                               restore_base_weights)
+from rlhf.modules.lm import lm_logits, trainable
 from rlhf.rollout import check_finite, phase, response_logits, response_values, rollout
 
 FROZEN = ("reference.", "reward_model.")  # state_dict prefixes reloaded from their final/ dirs
@@ -57,16 +62,24 @@ def keep_before(path, iteration: int) -> None:
 
 
 class PPOModule(pl.LightningModule):
-    """Policy (trainable) and reference (frozen) from SFT; value (trainable) and RM (frozen) from the RM."""
+    """Policy (trainable) and reference (frozen) from SFT; value (trainable) and RM (frozen) from the RM.
+
+    LoRA: pass the adapted policy as ``reference`` and the adapted value model as ``reward_model``
+    (the same objects): each is then held once, and read through a ``View`` with adapters off.
+    """
 
     def __init__(self, policy, reference, reward_model, value, tokenizer, stage_cfg, kl_controller,
                  ptx_coef: float = 0.0, seed: int = 0, samples_path=None):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.value = policy.train(), value.train()  # dropout is 0 in all four (setup)
-        self.reference, self.reward_model = frozen(reference), frozen(reward_model)
-        decay = stage_cfg.ema_decay
-        self.ema = frozen(AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay))) if decay else None
+        self.reference = View(policy) if reference is policy else frozen(reference)  # not a submodule:
+        self.reward_model = View(value) if reward_model is value else frozen(reward_model)  # held once
+        self.lora, decay = has_adapters(policy), stage_cfg.ema_decay
+        if self.lora:  # the EMA of the adapter, a second adapter in the policy (no second base)
+            self.ema = AdapterEMA(policy, decay) if decay else None
+        else:
+            self.ema = frozen(AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(decay))) if decay else None
         self.st, self.kl_ctl, self.ptx_coef, self.seed = stage_cfg, kl_controller, float(ptx_coef), seed
         self.tok, self.samples_path = tokenizer, samples_path
         self.sampling = dict(max_new_tokens=stage_cfg.max_new_tokens, temperature=stage_cfg.temperature,
@@ -76,15 +89,16 @@ class PPOModule(pl.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         for m in (self.reference, self.reward_model, self.ema):
-            if m is not None:
-                m.eval()  # frozen models stay in eval mode whatever Lightning asks
+            if isinstance(m, torch.nn.Module):
+                m.eval()  # frozen models stay in eval mode whatever Lightning asks (views: their model's mode)
         return self
 
     def configure_model(self) -> None:
         """strategy=fsdp2: every model sharded per transformer block, the frozen ones and the EMA too."""
         shard(self, self.policy, self.value)
         rms = list(self.reward_model) if isinstance(self.reward_model, torch.nn.ModuleList) else [self.reward_model]
-        shard(self, self.reference, *rms, *([self.ema.module] if self.ema else []), trainable=False)
+        ema = [self.ema.module] if isinstance(self.ema, AveragedModel) else []
+        shard(self, self.reference, *rms, *ema, trainable=False)  # views: their model is sharded already
         if is_sharded(self.policy):  # FSDP2 loads a checkpoint's weights before on_load_checkpoint could
             self.strict_loading = False  # add the frozen ones: they keep what setup loaded from disk
 
@@ -96,7 +110,10 @@ class PPOModule(pl.LightningModule):
                 keep_before(path, self.trainer.global_step)
 
     def export_model(self):
-        """The policy to hand on: the EMA weights (paper), or the policy itself without EMA."""
+        """The policy to hand on: the EMA weights (paper), or the policy itself without EMA; under LoRA
+        a ``View`` of the policy with that adapter, saved as the merged model and the adapter."""
+        if self.lora:
+            return View(self.policy, EMA if self.ema is not None else ADAPTER)
         return self.ema.module if self.ema is not None else self.policy
 
     # -- one PPO iteration -------------------------------------------------------------------
@@ -221,7 +238,7 @@ class PPOModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.st.optim
-        opts = [torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(o.betas), eps=o.eps)
+        opts = [torch.optim.Adam(trainable(m), lr=lr, betas=tuple(o.betas), eps=o.eps)
                 for m, lr in ((self.policy, o.lr), (self.value, o.value_lr))]
         warm = o.warmup_iterations
 
@@ -235,11 +252,18 @@ class PPOModule(pl.LightningModule):
         checkpoint["kl_controller"] = self.kl_ctl.state_dict()
         for k in [k for k in checkpoint["state_dict"] if k.startswith(FROZEN)]:
             del checkpoint["state_dict"][k]
+        if self.lora:  # the adapters (and the value head's copy), not the bases they adapt
+            drop_base_weights(checkpoint, "policy.", "value.")
+            checkpoint["lora_ema"] = self.ema.state_dict() if self.ema is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.kl_ctl.load_state_dict(checkpoint["kl_controller"])
         if "state_dict" in checkpoint:  # FSDP2 has loaded (and removed) the weights already
             checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k.startswith(FROZEN)})
+        if self.lora:
+            restore_base_weights(self, checkpoint, "policy.", "value.")
+            if self.ema is not None:
+                self.ema.load_state_dict(checkpoint["lora_ema"])
 
     # -- helpers ---------------------------------------------------------------------------
     def _now(self) -> float:

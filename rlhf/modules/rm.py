@@ -6,9 +6,10 @@ import torch
 from torchmetrics import MeanMetric, Metric
 
 from rlhf.algos.ranking import kway_ranking_loss
-from rlhf.distributed import clip_gradients, shard
+from rlhf.distributed import clip_gradients, is_sharded, shard
 from rlhf.models.reward import completion_rewards
-from rlhf.modules.lm import adamw_cosine
+from rlhf.models.lora import drop_base_weights, has_adapters, restore_base_weights
+from rlhf.modules.lm import adamw_cosine, trainable
 
 
 class PairwiseAccuracy(Metric):
@@ -64,6 +65,8 @@ class RewardModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         shard(self, self.model)  # strategy=fsdp2: FSDP2 per transformer block; other strategies: nothing
+        if is_sharded(self.model) and has_adapters(self.model):  # LoRA: last.ckpt holds the adapters; FSDP2 loads
+            self.strict_loading = False  # them before on_load_checkpoint could add the base weights
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # strategy=fsdp clips its own way
@@ -101,4 +104,12 @@ class RewardModule(pl.LightningModule):
         self.log("val/reward_std", self.val_std)
 
     def configure_optimizers(self):
-        return adamw_cosine(self, self.model.parameters(), self.optim_cfg)
+        return adamw_cosine(self, trainable(self.model), self.optim_cfg)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):  # LoRA: the frozen base reloads from init
+            drop_base_weights(checkpoint, "model.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):
+            restore_base_weights(self, checkpoint, "model.")

@@ -163,12 +163,21 @@ class EvalStage(Stage):
 
 # ---------------------------------------------------------------- the other groups
 @dataclass
+class Lora:                                      # peft LoraConfig arguments (rlhf.models.lora)
+    r: int = nonneg(0)                           # adapter rank; 0: off (full fine-tuning); model.lora.r=16: on
+    alpha: float = positive(32)                  # the adapter's output is scaled by alpha / r (Hu et al. 2021)
+    dropout: float = fraction(0.05)              # on the adapter's input in SFT and RM (PPO: 0, like all dropout in RL)
+    target_modules: Any = "all-linear"           # a list of module names, or every linear layer but the output head
+
+
+@dataclass
 class Model:
     name: str = MISSING
     pretrained: Optional[str] = MISSING          # hub id or local dir; null: `arch` from scratch
     vocab_size: Optional[int] = size()           # BPE size (from-scratch presets)
     pretrain_lr: float = positive()              # peak lr of stage=pretrain
     arch: Optional[Dict[str, Any]] = MISSING     # transformers config arguments
+    lora: Lora = field(default_factory=Lora)     # LoRA adapters in SFT, RM and PPO (off unless lora.r > 0)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from rlhf.data.lm import LMDataModule
 from rlhf.data.sources import data_source
 from rlhf.handoff import EpochExport, save_hf
 from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout
+from rlhf.models.lora import adapt, exported
 from rlhf.modules.lm import LMModule
 
 
@@ -37,10 +38,11 @@ def setup(cfg: DictConfig, sdir: Path):
     dm.setup("fit")  # bad or emptied data fails here, before the model is built
     model = build_causal_lm(cfg, tok)
     set_dropout(model, st.dropout)
+    model = adapt(model, cfg)  # model.lora.r > 0 (SFT): a LoRA adapter, the base frozen
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return LMModule(model, st.optim), dm, tok, callbacks
 
 
 def export(module: LMModule, tok, out_dir: Path, info: dict) -> Path:
     set_dropout(module.model, 0.0)  # later stages decide their own dropout
-    return save_hf(module.model, tok, out_dir, info)
+    return save_hf(exported(module.model), tok, out_dir, info)  # LoRA: merged, the adapter in adapter/

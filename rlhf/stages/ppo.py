@@ -31,6 +31,7 @@ from rlhf.eval import selection
 from rlhf.eval.monitor import PPOMonitor
 from rlhf.handoff import save_hf, save_json
 from rlhf.models.build import build_causal_lm, load_tokenizer, set_dropout, weights_source
+from rlhf.models.lora import adapt, has_adapters
 from rlhf.models.reward import load_reward_model
 from rlhf.modules.ppo import PPOModule
 
@@ -82,14 +83,20 @@ def setup(cfg: DictConfig, sdir: Path):
         max_ptx_tokens=data.max_prompt_tokens + data.max_response_tokens, ptx_steps=steps_per_iteration,
         pack_ptx=cfg.ptx.pack)
     dm.setup("fit")  # bad or emptied prompt files fail here, before four models load
-    policy, members = build_causal_lm(cfg, tok), [load_reward_model(p, key=k) for k, p in others if k != "stage.reference"]
+    policy = adapt(build_causal_lm(cfg, tok), cfg)  # model.lora.r > 0: + a LoRA adapter, the base frozen
+    members = [load_reward_model(p, key=k) for k, p in others if k != "stage.reference"]
+    lora = has_adapters(policy)  # then the reference is the policy, the RM the value model, adapters off
+    if lora and st.ensemble:
+        raise ValueError("model.lora with stage.ensemble is not supported: the value model is an adapter on "
+                         "stage.reward_model, and the other members would be whole copies; train without one")
     rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
-    reference = copy.deepcopy(policy)
+    reference = policy if lora else copy.deepcopy(policy)
     if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
         reference = AutoModelForCausalLM.from_pretrained(st.reference, dtype=torch.float32)
-    for m in (policy, reference, *members):
-        set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details)
-    module = PPOModule(policy, reference, rm, copy.deepcopy(members[0]).requires_grad_(True), tok, st,
+    value = adapt(members[0], cfg) if lora else copy.deepcopy(members[0]).requires_grad_(True)  # paper: from the RM
+    for m in (policy, reference, *members, value):
+        set_dropout(m, 0.0)  # RL runs without dropout (the paper's implementation details), LoRA's too
+    module = PPOModule(policy, reference, value if lora else rm, value, tok, st,
                        kl_controller(cfg.kl), ptx_coef=cfg.ptx.coef, seed=cfg.seed,
                        samples_path=sdir / "samples.jsonl")
     callbacks = [monitor(cfg, sdir, tok)]

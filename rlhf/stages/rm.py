@@ -18,6 +18,7 @@ from rlhf.data.lm import Counts, encode_demonstrations, report_drops
 from rlhf.data.sources import data_source
 from rlhf.handoff import EpochExport, save_hf
 from rlhf.models.build import load_tokenizer, set_dropout, weights_source
+from rlhf.models.lora import adapt, exported
 from rlhf.models.reward import load_reward_model, score_ids, set_normalization
 from rlhf.modules.rm import RewardModule
 
@@ -44,6 +45,7 @@ def setup(cfg: DictConfig, sdir: Path):
     model = load_reward_model(source, fresh_head=True, key="init")  # unembedding removed, fresh scalar head
     set_normalization(model)  # identity while training; export sets the new bias
     set_dropout(model, st.dropout)
+    model = adapt(model, cfg)  # model.lora.r > 0: a LoRA adapter on the backbone, the head trained whole
     callbacks = [EpochExport(sdir, tok)] if st.export_every_epoch else []
     return RewardModule(model, st.optim, normalize), dm, tok, callbacks
 
@@ -79,4 +81,4 @@ def export(module: RewardModule, tok, out_dir: Path, info: dict) -> Path:
     info["template"] = spec.get("template")  # rlhf.score renders prompts the same way
     if spec.get("data"):
         info["normalization"] = normalize_on_demonstrations(model, tok, spec)
-    return save_hf(model, tok, out_dir, info)
+    return save_hf(exported(model), tok, out_dir, info)  # LoRA: merged, the adapter in adapter/
