@@ -13,8 +13,14 @@ import re
 HEDGES = ("not sure", "i think", "maybe", "perhaps", "as an ai")
 
 
-def score(prompt: str, response: str, max_words: int = 25) -> float:
+def text(prompt: str | list[dict]) -> str:
+    """A conversational prompt (a list of {"role", "content"} messages) as its last turn's text."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def score(prompt: str | list[dict], response: str, max_words: int = 25) -> float:
     """score(prompt, response) -> float: higher is better; 0 for an empty response."""
+    prompt = text(prompt)
     words = re.findall(r"[a-z0-9']+", response.lower())
     if not words:
         return 0.0

@@ -162,8 +162,9 @@ def step_config(cfg: DictConfig, overrides: list[str], name: str) -> DictConfig:
         if key in this.optional and feeder not in cfg.run_order and not is_finished(Path(path).parent):
             continue  # e.g. eval's stage.models.ppo when no PPO step runs or ran
         if key.startswith("data.files.") and not this.own_files:  # a file the user (or the world) names wins
-            path = OmegaConf.select(step_cfg, key) or path
-            whose = f"written by step {feeder}" if Path(path) == Path(source(src, cfg)) else "your file"
+            path = OmegaConf.select(step_cfg, key) or path  # a path, or a dataset spec (rlhf.data.hf)
+            whose = f"written by step {feeder}" if isinstance(path, str) and Path(path) == Path(source(src, cfg)) \
+                else "your file"
             log.info("step %s reads %s=%s (%s)", name, key, path, whose)
         OmegaConf.update(step_cfg, key, path, force_add=True)
     if member := MEMBER.match(name):  # another head init and data order; the world and labelers stay

@@ -191,3 +191,49 @@ def test_a_dataset_spec_picks_split_subset_free_columns_and_names_bad_rows(tmp_p
         Source.of({"path": "x", "colums": {}}, key="sft_val")
     with pytest.raises(DataError, match="nope.parquet.*no such file or directory"):
         read_jsonl(str(tmp_path / "nope.parquet"), "prompt")
+
+
+def test_one_pipeline_command_goes_from_a_preference_dataset_to_a_policy(chat, tmp_path):
+    """HH's shape (implicit-prompt conversations) in a dataset directory with train and test splits:
+    SFT on the chosen answers, the RM on the pairs, PPO on the prompts, all from the one dataset."""
+    rng = random.Random(0)
+    splits = {s: datasets.Dataset.from_list([_example(rng, "implicit", True) for _ in range(n)])
+              for s, n in (("train", 48), ("test", 16))}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "hh"))
+    train_spec, test_spec = f"{{path:{tmp_path / 'hh'},split:train}}", f"{{path:{tmp_path / 'hh'},split:test}}"
+    overrides = [f"output_root={tmp_path}", "run_name=hh", f"model.pretrained={chat['policy']}", "data=files",
+                 "run_order=[sft,rm,ppo]", "debug=fast", "trainer.enable_progress_bar=false", "objective=ppo/kl",
+                 *(f"data.files.{k}={train_spec}" for k in ("sft_train", "comparisons_train", "prompts_ppo")),
+                 *(f"data.files.{k}={test_spec}" for k in ("sft_val", "comparisons_val")),
+                 *(f"+steps.ppo.{o}" for o in PPO_FAST)]
+    from hydra import compose, initialize_config_dir
+    from rlhf.pipeline import run_pipeline
+    from rlhf.train import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    run = tmp_path / "hh"
+    finished = {s: (run / s / "final" / "rlhf.json").stat().st_mtime_ns for s in ("sft", "rm", "ppo")}
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):  # again: the specs match, all skipped
+        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    assert finished == {s: (run / s / "final" / "rlhf.json").stat().st_mtime_ns for s in finished}
+    counts = {s: json.loads((run / s / "final" / "rlhf.json").read_text()).get("data_counts") for s in ("sft", "rm")}
+    assert counts["sft"]["train"]["kept"] == counts["rm"]["train"]["kept"] == 48
+    assert counts["sft"]["val"]["kept"] == counts["rm"]["val"]["kept"] == 16
+    row = json.loads((run / "ppo" / "samples.jsonl").read_text().splitlines()[0])
+    assert row["prompt"][0]["role"] == "user"
+    assert (run / "ppo" / "final" / "model.safetensors").is_file()
+
+
+def test_collection_on_conversational_prompts_gives_the_labeler_messages_and_the_rm_reads_them(chat, tmp_path):
+    rng = random.Random(0)
+    files = {k: write_jsonl(tmp_path / f"{k}.jsonl", [_example(rng, "prompt_only", True) for _ in range(n)])
+             for k, n in (("prompts_rm", 12), ("prompts_val", 4))}
+    ov = ["data=files", *(f"data.files.{k}={v}" for k, v in files.items()), f"output_root={tmp_path}", "run_name=c",
+          "trainer.enable_progress_bar=false", f"init={chat['policy']}", "data.max_response_tokens=6"]
+    train(make_config([*ov, "stage=collect", "stage.num_samples=4", "labeler=custom",
+                       f"labeler.target={Path(__file__).resolve().parents[2] / 'examples/my_feedback.py'}:rank"]))
+    comparisons = read_jsonl(tmp_path / "c" / "collect" / "comparisons_train.jsonl", "comparison")
+    assert comparisons and all(r["prompt"][0]["role"] == "user" for r in comparisons)
+    collected = [f"data.files.comparisons_{s}={tmp_path}/c/collect/comparisons_{s}.jsonl" for s in ("train", "val")]
+    train(make_config([*ov, *collected, "stage=rm", "debug=fast", "stage.batch_size=4", "stage.normalize_data=null"]))
+    assert (tmp_path / "c" / "rm" / "final" / "model.safetensors").is_file()
