@@ -117,7 +117,7 @@ def extract_prompt(rec: dict) -> str | None:
         n = _word_start(chosen, rejected)
         if not chosen[:n].strip():
             return "'chosen' and 'rejected' share no beginning, so no prompt can be extracted (add a 'prompt')"
-        rec["prompt"], rec["chosen"], rec["rejected"] = chosen[:n].rstrip(), chosen[n:].strip(), rejected[n:].strip()
+        rec["prompt"], rec["chosen"], rec["rejected"] = chosen[:n].strip(), chosen[n:].strip(), rejected[n:].strip()
         return None
     return "'chosen' and 'rejected' must both be strings or both message lists"
 

@@ -206,6 +206,7 @@ class Data:
     max_response_tokens: int = size()
     files: Dict[str, Any] = MISSING              # key -> JSONL path, or a dataset: path/hub id or {path, split, subset, columns}
     columns: Dict[str, str] = field(default_factory=dict)  # record key -> dataset column, for every file
+    dataset: Optional[Dict[str, Any]] = None     # data=dataset: one dataset's splits feed every files key
 
 
 @dataclass

@@ -189,6 +189,13 @@ def test_a_dataset_spec_picks_split_subset_free_columns_and_names_bad_rows(tmp_p
         read_jsonl(Source.of({**spec, "split": "dev"}), "prompt")
     with pytest.raises(DataError, match=r"data.files.sft_val: unknown key\(s\) \['colums'\]"):
         Source.of({"path": "x", "colums": {}}, key="sft_val")
+    rng = random.Random(0)  # a directory of one parquet file per split, found by their names
+    for split, n in (("train", 6), ("validation", 3)):
+        (tmp_path / "ranked").mkdir(exist_ok=True)
+        datasets.Dataset.from_list([_example(rng, "ranked", False) for _ in range(n)]).to_parquet(
+            str(tmp_path / "ranked" / f"{split}.parquet"))
+    assert len(read_jsonl(Source.of({"path": str(tmp_path / "ranked"), "split": "validation"}), "comparison")) == 3
+    assert len(read_jsonl(str(tmp_path / "ranked"), "comparison")) == 6
     with pytest.raises(DataError, match="nope.parquet.*no such file or directory"):
         read_jsonl(str(tmp_path / "nope.parquet"), "prompt")
 
@@ -200,12 +207,9 @@ def test_one_pipeline_command_goes_from_a_preference_dataset_to_a_policy(chat, t
     splits = {s: datasets.Dataset.from_list([_example(rng, "implicit", True) for _ in range(n)])
               for s, n in (("train", 48), ("test", 16))}
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "hh"))
-    train_spec, test_spec = f"{{path:{tmp_path / 'hh'},split:train}}", f"{{path:{tmp_path / 'hh'},split:test}}"
-    overrides = [f"output_root={tmp_path}", "run_name=hh", f"model.pretrained={chat['policy']}", "data=files",
-                 "run_order=[sft,rm,ppo]", "debug=fast", "trainer.enable_progress_bar=false", "objective=ppo/kl",
-                 *(f"data.files.{k}={train_spec}" for k in ("sft_train", "comparisons_train", "prompts_ppo")),
-                 *(f"data.files.{k}={test_spec}" for k in ("sft_val", "comparisons_val")),
-                 *(f"+steps.ppo.{o}" for o in PPO_FAST)]
+    overrides = [f"output_root={tmp_path}", "run_name=hh", f"model.pretrained={chat['policy']}", "data=dataset",
+                 f"data.dataset.path={tmp_path / 'hh'}", "run_order=[sft,rm,ppo]", "debug=fast",
+                 "trainer.enable_progress_bar=false", "objective=ppo/kl", *(f"+steps.ppo.{o}" for o in PPO_FAST)]
     from hydra import compose, initialize_config_dir
     from rlhf.pipeline import run_pipeline
     from rlhf.train import CONF_DIR
@@ -237,3 +241,36 @@ def test_collection_on_conversational_prompts_gives_the_labeler_messages_and_the
     collected = [f"data.files.comparisons_{s}={tmp_path}/c/collect/comparisons_{s}.jsonl" for s in ("train", "val")]
     train(make_config([*ov, *collected, "stage=rm", "debug=fast", "stage.batch_size=4", "stage.normalize_data=null"]))
     assert (tmp_path / "c" / "rm" / "final" / "model.safetensors").is_file()
+
+
+def test_a_files_key_takes_a_path_or_a_dataset_spec_on_the_command_line():
+    cfg = make_config(["data=dataset", "data.dataset.path=org/name", "data.files.sft_train=mine.jsonl",
+                       "data.files.sft_val={path:other/name,split:dev}", "stage=sft"])
+    assert Source.of(cfg.data.files.sft_train) == Source("mine.jsonl")
+    assert Source.of(cfg.data.files.sft_val) == Source("other/name", "dev")
+    assert Source.of(cfg.data.files.comparisons_val) == Source("org/name", "test")
+    cfg = make_config(["data=files", "data.files.sft_val={path:d.parquet,columns:{prompt:question}}", "stage=sft"])
+    assert Source.of(cfg.data.files.sft_val) == Source("d.parquet", None, None, (("prompt", "question"),))
+
+
+def test_demonstrations_and_a_labeler_run_the_papers_loop_in_one_pipeline_command(chat, tmp_path):
+    """prompt + completion data (conversational parquet) and your labeler: SFT, collect, RM, PPO."""
+    demos = {s: write_dataset(tmp_path, "prompt_completion", True, "parquet", n=n, seed=i)
+             for i, (s, n) in enumerate((("train", 32), ("val", 8)))}
+    overrides = [f"output_root={tmp_path}", "run_name=loop", f"model.pretrained={chat['policy']}", "data=files",
+                 "run_order=[sft,collect,rm,ppo]", "debug=fast", "trainer.enable_progress_bar=false",
+                 "objective=ppo/kl", "data.max_response_tokens=6", "labeler=custom",
+                 f"labeler.target={Path(__file__).resolve().parents[2] / 'examples/my_feedback.py'}:rank",
+                 f"data.files.sft_train={demos['train']}", f"data.files.sft_val={demos['val']}",
+                 f"data.files.prompts_rm={demos['train']}", f"data.files.prompts_val={demos['val']}",
+                 f"data.files.prompts_ppo={demos['train']}", "+steps.collect.stage.num_samples=4",
+                 "+steps.rm.stage.normalize_data=null", *(f"+steps.ppo.{o}" for o in PPO_FAST)]
+    from hydra import compose, initialize_config_dir
+    from rlhf.pipeline import run_pipeline
+    from rlhf.train import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    rm = json.loads((tmp_path / "loop" / "rm" / "final" / "rlhf.json").read_text())
+    rm_config = (tmp_path / "loop" / "rm" / "config.yaml").read_text()
+    assert rm["data_counts"]["train"]["kept"] > 0 and f"{tmp_path}/loop/collect/comparisons_train.jsonl" in rm_config
+    assert (tmp_path / "loop" / "ppo" / "final" / "model.safetensors").is_file()
