@@ -1,4 +1,5 @@
-"""``rlhf-score``: score a JSONL of ``{"prompt", "response"}`` records with a trained reward model.
+"""``rlhf-score``: score a JSONL of ``{"prompt", "response"}`` records with a trained reward model
+(a prompt may be a list of chat messages, a response one assistant message).
 
     python -m rlhf.score outputs/quickstart/rm/final in.jsonl out.jsonl --batch-size 32
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from rlhf.data.convert import check_prompt, completion_text
 from rlhf.data.formats import DataError, iter_jsonl, write_jsonl
 from rlhf.handoff import rm_template
 from rlhf.models.reward import load_reward_model, normalization, score_ids
@@ -21,16 +23,18 @@ from rlhf.models.tokenizer import encode_pair, prepare_tokenizer
 
 
 def read_scoring_input(path: Path) -> list[dict]:
-    """Records with non-empty string ``prompt`` and ``response``; errors name file:line, an empty
+    """Records with a non-empty ``prompt`` (a string or messages) and ``response``; errors name file:line, an empty
     file is an error (read as ``rlhf.data.formats.read_jsonl`` reads: UTF-8, a leading BOM skipped)."""
     records = []
     for lineno, rec in iter_jsonl(path):
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object")
-        for key in ("prompt", "response"):
-            if not isinstance(rec.get(key), str) or not rec[key].strip():
-                raise DataError(f"{path}:{lineno}: {key!r} is missing, empty or not a string")
-        records.append(rec)
+        # a prompt may be a conversation, the response one assistant message
+        response, why = completion_text(rec["response"], "response") if "response" in rec \
+            else (None, "missing key 'response'")
+        if err := check_prompt(rec) or why:
+            raise DataError(f"{path}:{lineno}: {err}")
+        records.append({**rec, "response": response})
     if not records:
         raise DataError(f'{path}: no records to score (expected JSONL of {{"prompt", "response"}})')
     return records

@@ -124,3 +124,14 @@ def test_rlhf_score_reads_a_bom_and_names_bytes_that_are_not_utf8(tmp_path):
     with pytest.raises(DataError) as e:
         read_scoring_input(latin)
     assert str(e.value).startswith(f"{latin}:2: not UTF-8: byte 0xe9")
+
+
+def test_rlhf_score_reads_conversations_and_names_a_bad_response(tmp_path):
+    chat = [{"role": "user", "content": "hi"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"prompt": chat, "response": [{"role": "assistant", "content": "hello"}]}) + "\n"
+                    + json.dumps({"prompt": chat, "response": " "}) + "\n")
+    with pytest.raises(DataError, match=f"{path}:2: 'response' is empty"):
+        read_scoring_input(path)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    assert read_scoring_input(path) == [{"prompt": chat, "response": "hello"}]
