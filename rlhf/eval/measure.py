@@ -118,7 +118,11 @@ def few_shot(demos: list[dict], prompts: list, template: str) -> tuple[list, str
     if all(isinstance(p, str) for p in prompts):
         return prompts, few_shot_template([d for d in shots if isinstance(d["prompt"], str)], template)
     turns = [m for d in shots for m in as_messages(d["prompt"]) + [{"role": "assistant", "content": d["completion"]}]]
-    return [turns + as_messages(p) for p in prompts], template
+    def shown(p):  # a system message stays first (templates require it there)
+        p = as_messages(p)
+        k = next((i for i, m in enumerate(p) if m["role"] != "system"), len(p))
+        return p[:k] + turns + p[k:]
+    return [shown(p) for p in prompts], template
 
 
 def judge_pairs(judge, prompts, responses, reference, rng: random.Random) -> list[float]:

@@ -274,3 +274,29 @@ def test_demonstrations_and_a_labeler_run_the_papers_loop_in_one_pipeline_comman
     rm_config = (tmp_path / "loop" / "rm" / "config.yaml").read_text()
     assert rm["data_counts"]["train"]["kept"] > 0 and f"{tmp_path}/loop/collect/comparisons_train.jsonl" in rm_config
     assert (tmp_path / "loop" / "ppo" / "final" / "model.safetensors").is_file()
+
+
+def test_eval_on_conversational_prompts_samples_judges_and_prompts_with_shots_as_turns(chat, tmp_path):
+    files = {"prompts_test": write_dataset(tmp_path, "prompt_only", True, "parquet", n=6, seed=0),
+             "sft_train": write_dataset(tmp_path, "prompt_completion", True, "jsonl", n=4, seed=1),
+             "pretrain_val": write_dataset(tmp_path, "text", True, "parquet", n=4, seed=2)}
+    train(make_config(["data=files", *(f"data.files.{k}={v}" for k, v in files.items()), f"output_root={tmp_path}",
+                       "run_name=e", "stage=eval", f"stage.models.base={chat['policy']}",
+                       f"stage.models.sft={chat['policy']}", f"stage.reward_model={chat['rm']}", "judge=rm",
+                       "stage.best_of_n=2", "stage.prompted_shots=2", "data.max_response_tokens=4"]))
+    metrics = json.loads((tmp_path / "e" / "eval" / "final" / "rlhf.json").read_text())["metrics"]
+    assert {"base/win_rate", "prompted/win_rate", "best_of_n/win_rate", "sft/rm"} <= metrics.keys()
+    assert metrics["sft/win_rate"] == 0.5  # the reference against itself: every pair a tie
+    rows = [json.loads(line) for line in (tmp_path / "e" / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and rows[0]["prompt"][0]["role"] == "user"
+
+
+def test_the_prompted_baseline_puts_its_shots_before_each_prompt():
+    from rlhf.eval.measure import few_shot
+    demos = [{"prompt": "a", "completion": "A"}, {"text": "no shot"}, {"prompt": [{"role": "user", "content": "b"}],
+                                                                      "completion": "B"}]
+    ask = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    prompts, template = few_shot(demos, [ask], "{prompt}\n")
+    assert template == "{prompt}\n" and [m["content"] for m in prompts[0]] == ["s", "a", "A", "b", "B", "q"]
+    prompts, template = few_shot(demos, ["q"], "{prompt}\n")  # string prompts: the shots in the template
+    assert prompts == ["q"] and template.format(prompt="q") == "a\nA\nq\n"
