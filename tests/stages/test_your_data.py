@@ -10,6 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import WORDS, make_config
@@ -20,7 +21,8 @@ from rlhf.data.prompts import PromptDataModule
 from rlhf.models import generate
 from rlhf.models.reward import load_reward_model, set_normalization
 from rlhf.models.tokenizer import train_bpe_tokenizer
-from rlhf.train import train
+from rlhf.pipeline import run_pipeline
+from rlhf.train import CONF_DIR, train
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
@@ -106,6 +108,12 @@ def stage_overrides(stage: str, chat: dict, train_file: Path, val_file: Path, ou
         return [*base, f"data.files.comparisons_train={train_file}", f"data.files.comparisons_val={val_file}",
                 "stage.normalize_data=null"]
     return [*base, f"data.files.prompts_ppo={train_file}", f"stage.reward_model={chat['rm']}", *PPO_FAST]
+
+
+def pipeline(overrides: list[str]) -> None:
+    """``rlhf-pipeline <overrides>``, in this process."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        run_pipeline(compose("pipeline", overrides=overrides), overrides)
 
 
 CASES = [(s, f, c, k) for s, fs in STAGE_FORMATS.items() for f in fs for c in (False, True) for k in ("parquet", "jsonl")
@@ -210,15 +218,10 @@ def test_one_pipeline_command_goes_from_a_preference_dataset_to_a_policy(chat, t
     overrides = [f"output_root={tmp_path}", "run_name=hh", f"model.pretrained={chat['policy']}", "data=dataset",
                  f"data.dataset.path={tmp_path / 'hh'}", "run_order=[sft,rm,ppo]", "debug=fast",
                  "trainer.enable_progress_bar=false", "objective=ppo/kl", *(f"+steps.ppo.{o}" for o in PPO_FAST)]
-    from hydra import compose, initialize_config_dir
-    from rlhf.pipeline import run_pipeline
-    from rlhf.train import CONF_DIR
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    pipeline(overrides)
     run = tmp_path / "hh"
     finished = {s: (run / s / "final" / "rlhf.json").stat().st_mtime_ns for s in ("sft", "rm", "ppo")}
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):  # again: the specs match, all skipped
-        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    pipeline(overrides)  # again: the specs match, every step is skipped
     assert finished == {s: (run / s / "final" / "rlhf.json").stat().st_mtime_ns for s in finished}
     counts = {s: json.loads((run / s / "final" / "rlhf.json").read_text()).get("data_counts") for s in ("sft", "rm")}
     assert counts["sft"]["train"]["kept"] == counts["rm"]["train"]["kept"] == 48
@@ -265,11 +268,7 @@ def test_demonstrations_and_a_labeler_run_the_papers_loop_in_one_pipeline_comman
                  f"data.files.prompts_rm={demos['train']}", f"data.files.prompts_val={demos['val']}",
                  f"data.files.prompts_ppo={demos['train']}", "+steps.collect.stage.num_samples=4",
                  "+steps.rm.stage.normalize_data=null", *(f"+steps.ppo.{o}" for o in PPO_FAST)]
-    from hydra import compose, initialize_config_dir
-    from rlhf.pipeline import run_pipeline
-    from rlhf.train import CONF_DIR
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        run_pipeline(compose("pipeline", overrides=overrides), overrides)
+    pipeline(overrides)
     rm = json.loads((tmp_path / "loop" / "rm" / "final" / "rlhf.json").read_text())
     rm_config = (tmp_path / "loop" / "rm" / "config.yaml").read_text()
     assert rm["data_counts"]["train"]["kept"] > 0 and f"{tmp_path}/loop/collect/comparisons_train.jsonl" in rm_config
