@@ -105,7 +105,9 @@ class ComparisonDataModule(pl.LightningDataModule):
                 continue
             self.data[split], total = [], self.counts.setdefault(split, Counts())
             for path in paths if isinstance(paths, list) else [paths]:
-                counts, numbered, dropped = Counts(), read_numbered(path, "comparison"), []
+                counts, invalid, dropped = Counts(), [], []
+                numbered = read_numbered(path, "comparison", invalid)
+                counts.dropped_invalid = len(invalid)
                 rows = encode_comparisons([rec for _, rec in numbered], self.tok, self.template,
                                           self.max_prompt, self.max_response, counts, dropped)
                 report_drops(path, "comparison", [numbered[i][0] for i in dropped], counts.kept, self.max_prompt)

@@ -111,6 +111,10 @@ def extract_prompt(rec: dict) -> str | None:
             n += 1
         if n == 0:
             return "'chosen' and 'rejected' share no first message, so no prompt can be extracted (add a 'prompt')"
+        if n == len(chosen) == len(rejected):
+            return "'chosen' and 'rejected' are the same conversation"
+        if short := [k for k, v in (("chosen", chosen), ("rejected", rejected)) if len(v) == n]:
+            return f"{short[0]!r} ends where the shared prompt ends: no answer follows it"
         rec["prompt"], rec["chosen"], rec["rejected"] = clean_messages(chosen[:n]), chosen[n:], rejected[n:]
         return None
     if isinstance(chosen, str) and isinstance(rejected, str):

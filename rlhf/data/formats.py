@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -32,6 +33,8 @@ from rlhf.data.convert import (best_completion, check_messages, check_prompt, cl
                                extract_prompt, split_conversation)
 from rlhf.data.hf import DataError, Source, rows
 
+log = logging.getLogger(__name__)
+SHOWN = 20  # invalid records named in the log, per file
 K_MIN, K_MAX = 2, 9  # the paper ranks K = 4..9; pairwise data is K = 2
 KINDS = ("text", "demonstration", "comparison", "prompt")
 COMPARISON_KEYS = {"chosen", "rejected", "completions", "ranking"}
@@ -207,9 +210,12 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
 
 
-def read_numbered(source: str | Path | Source, kind: str) -> list[tuple[int, dict]]:
+def read_numbered(source: str | Path | Source, kind: str,
+                  invalid: list[tuple[int, str]] | None = None) -> list[tuple[int, dict]]:
     """(line or row number, record) of ``source`` (``rlhf.data.hf``: a JSONL path or a dataset),
-    validated and normalised to ``kind``; a bad record raises DataError naming file:line or the row."""
+    validated and normalised to ``kind``; a bad record raises DataError naming file:line or the row,
+    unless the source drops invalid records (``data.drop_invalid``): then they are logged and
+    (number, why) appended to ``invalid``."""
     src = Source.of(source)
     if src.is_jsonl:
         if not Path(src.path).is_file():
@@ -217,13 +223,23 @@ def read_numbered(source: str | Path | Source, kind: str) -> list[tuple[int, dic
         numbered = ((n, rec if not isinstance(rec, dict) else src.rename(rec)) for n, rec in iter_jsonl(Path(src.path)))
     else:
         numbered = rows(src)
-    records = []
+    records, bad = [], []
     for n, rec in numbered:
         if err := check_record(rec, kind):
-            raise DataError(f"{src.at(n)}: {err} (expected a {kind} record)")
+            if not src.drop_invalid:
+                raise DataError(f"{src.at(n)}: {err} (expected a {kind} record; data.drop_invalid=true would drop "
+                                "such records, logged and counted)")
+            bad.append((n, err))
+            continue
         records.append((n, rec))
     if not records:
-        raise DataError(f"{src}: no {kind} records")
+        raise DataError(f"{src}: no {kind} records" + (f" ({len(bad)} invalid, e.g. {src.unit} {bad[0][0]}: "
+                                                       f"{bad[0][1]})" if bad else ""))
+    if bad:
+        log.warning("%s: %d of %d records dropped, not valid %s records (data.drop_invalid): %s", src, len(bad),
+                    len(bad) + len(records), kind, "; ".join(f"{src.unit} {n}: {why}" for n, why in bad[:SHOWN]))
+    if invalid is not None:
+        invalid.extend(bad)
     return records
 
 

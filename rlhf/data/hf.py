@@ -30,21 +30,24 @@ class Source:
     split: str | None = None
     subset: str | None = None
     columns: tuple[tuple[str, str], ...] = ()  # (record key, column): the column is read as the key
+    drop_invalid: bool = False  # data.drop_invalid: skip (log, count) records that break the schema
 
     @classmethod
-    def of(cls, spec: Any, columns: Mapping[str, str] | None = None, key: str = "") -> "Source":
-        """A Source from ``data.files.<key>``'s value (a path or a mapping) and ``data.columns``."""
+    def of(cls, spec: Any, columns: Mapping[str, str] | None = None, key: str = "",
+           drop_invalid: bool = False) -> "Source":
+        """A Source from ``data.files.<key>``'s value (a path or a mapping), ``data.columns`` and
+        ``data.drop_invalid``."""
         if isinstance(spec, Source):
             return spec
         if not isinstance(spec, Mapping):
-            return cls(str(spec), columns=tuple((columns or {}).items()))
+            return cls(str(spec), columns=tuple((columns or {}).items()), drop_invalid=drop_invalid)
         where = f"data.files.{key}" if key else "a data spec"
         if unknown := sorted(set(spec) - set(SPEC_KEYS)):
             raise DataError(f"{where}: unknown key(s) {unknown}; a dataset spec has {list(SPEC_KEYS)}")
         if not spec.get("path"):
             raise DataError(f"{where}: 'path' is missing (a hub id, or a local file or directory)")
         merged = {**(columns or {}), **(spec.get("columns") or {})}
-        return cls(str(spec["path"]), spec.get("split"), spec.get("subset"), tuple(merged.items()))
+        return cls(str(spec["path"]), spec.get("split"), spec.get("subset"), tuple(merged.items()), drop_invalid)
 
     @property
     def is_jsonl(self) -> bool:

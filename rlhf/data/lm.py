@@ -37,6 +37,7 @@ class Counts:
     kept: int = 0
     dropped_long_prompt: int = 0
     truncated_response: int = 0
+    dropped_invalid: int = 0  # records that break the schema, with data.drop_invalid
 
 
 def encode_texts(records, tok, max_tokens: int, counts: Counts) -> list[dict]:
@@ -133,7 +134,9 @@ class LMDataModule(pl.LightningDataModule):
         for split, path in self.files.items():
             if split in self.data:
                 continue
-            counts, numbered, dropped = Counts(), read_numbered(path, self.kind), []
+            counts, invalid, dropped = Counts(), [], []
+            numbered = read_numbered(path, self.kind, invalid)
+            counts.dropped_invalid = len(invalid)
             records = [rec for _, rec in numbered]
             if self.kind == "text":
                 self.data[split] = encode_texts(records, self.tok, self.max_prompt + self.max_response, counts)

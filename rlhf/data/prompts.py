@@ -87,15 +87,15 @@ class PromptDataModule(pl.LightningDataModule):
         if self.prompts:
             return
         counts = self.counts["prompts"] = Counts()
-        dropped = []  # line numbers
-        for lineno, rec in read_numbered(self.files["prompts"], "prompt"):
+        dropped, invalid = [], []  # line numbers; (line, why)
+        for lineno, rec in read_numbered(self.files["prompts"], "prompt", invalid):
             ids = prompt_ids(self.tok, rec["prompt"], self.template)  # the SFT/RM prompt encoding
             if len(ids) > self.max_prompt:
                 counts.dropped_long_prompt += 1
                 dropped.append(lineno)
                 continue
             self.prompts.append((rec["prompt"], ids))
-        counts.kept = len(self.prompts)
+        counts.kept, counts.dropped_invalid = len(self.prompts), len(invalid)
         report_drops(self.files["prompts"], "prompt", dropped, counts.kept, self.max_prompt)
         log.info("prompts %s: %d kept, %d dropped (prompt > %d tokens)", self.files["prompts"],
                  counts.kept, counts.dropped_long_prompt, self.max_prompt)

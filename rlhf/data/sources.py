@@ -71,4 +71,4 @@ def data_source(cfg: DictConfig, key: str) -> Source:
     if isinstance(spec, DictConfig):
         spec = OmegaConf.to_container(spec, resolve=True)
     columns = OmegaConf.to_container(cfg.data.columns, resolve=True) if cfg.data.get("columns") else {}
-    return Source.of(spec, columns, key)
+    return Source.of(spec, columns, key, drop_invalid=bool(cfg.data.get("drop_invalid")))

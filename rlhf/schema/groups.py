@@ -207,6 +207,7 @@ class Data:
     files: Dict[str, Any] = MISSING              # key -> JSONL path, or a dataset: path/hub id or {path, split, subset, columns}
     columns: Dict[str, str] = field(default_factory=dict)  # record key -> dataset column, for every file
     dataset: Optional[Dict[str, Any]] = None     # data=dataset: one dataset's splits feed every files key
+    drop_invalid: bool = False                   # skip records that break the schema (logged, counted) instead of stopping
 
 
 @dataclass

@@ -52,7 +52,9 @@ def setup(cfg: DictConfig, sdir: Path):
 
 def normalization_rows(tok, spec: dict, counts: Counts | None = None) -> list[dict]:
     """The demonstrations the RM is normalised on, encoded; none kept is a DataError (checked at setup)."""
-    counts, numbered, dropped = counts or Counts(), read_numbered(spec["data"], "demonstration"), []
+    counts, invalid, dropped = counts or Counts(), [], []
+    numbered = read_numbered(spec["data"], "demonstration", invalid)
+    counts.dropped_invalid = len(invalid)
     rows = encode_demonstrations([r for _, r in numbered], tok, spec["template"], spec["max_prompt_tokens"],
                                  spec["max_response_tokens"], counts, dropped)
     report_drops(spec["data"], "demonstration", [numbered[i][0] for i in dropped], len(rows), spec["max_prompt_tokens"])
@@ -70,7 +72,8 @@ def normalize_on_demonstrations(model, tok, spec: dict) -> dict:
     set_normalization(model, gain, bias)
     after = gain * raw + bias
     return {"convention": "reward = gain * raw + bias", "data": str(spec["data"]), "n": len(rows),
-            "dropped_long_prompt": counts.dropped_long_prompt, "gain": gain, "bias": bias,
+            "dropped_long_prompt": counts.dropped_long_prompt, "dropped_invalid": counts.dropped_invalid,
+            "gain": gain, "bias": bias,
             "raw_mean": mean, "raw_std": std, "mean": after.mean().item(),
             "std": after.std().item() if len(raw) > 1 else 0.0}
 

@@ -54,7 +54,7 @@ def models(toy_data, tmp_path_factory):
 
 def test_sft_drops_are_counted_in_rlhf_json_and_logged_with_lines(models):
     counts = json.loads((models["sft"] / "rlhf.json").read_text())["data_counts"]
-    assert counts["train"] == {"kept": 400, "dropped_long_prompt": 2, "truncated_response": 0}
+    assert counts["train"] == {"kept": 400, "dropped_long_prompt": 2, "truncated_response": 0, "dropped_invalid": 0}
     assert counts["val"]["dropped_long_prompt"] == 0
     assert (f"{models['sft_train']}: 2 of 402 demonstrations dropped, prompt > data.max_prompt_tokens=24 tokens: "
             "lines 3, 5") in models["log"]
@@ -82,7 +82,7 @@ def test_rm_drops_are_counted_and_logged_with_lines(models, tmp_path, caplog):
     dm = ComparisonDataModule(AutoTokenizer.from_pretrained(models["sft"]), str(path), str(path), batch_size=4,
                               template="{prompt}\n", max_prompt_tokens=24, max_response_tokens=16)
     dm.setup()
-    assert vars(dm.counts["train"]) == {"kept": 7, "dropped_long_prompt": 1, "truncated_response": 0}
+    assert vars(dm.counts["train"]) == {"kept": 7, "dropped_long_prompt": 1, "truncated_response": 0, "dropped_invalid": 0}
     assert f"{path}: 1 of 8 comparisons dropped, prompt > data.max_prompt_tokens=24 tokens: lines 2" in caplog.text
 
 
@@ -102,7 +102,7 @@ def test_ppo_prompt_drops_are_counted_and_logged_with_lines(models, tmp_path, ca
                           template="{prompt}\n", max_prompt_tokens=24, iterations=1)
     dm.setup()
     assert [p for p, _ in dm.prompts] == ["reverse: cat dog sun", "reverse: red blue tree"]
-    assert vars(dm.counts["prompts"]) == {"kept": 2, "dropped_long_prompt": 2, "truncated_response": 0}
+    assert vars(dm.counts["prompts"]) == {"kept": 2, "dropped_long_prompt": 2, "truncated_response": 0, "dropped_invalid": 0}
     assert f"{path}: 2 of 4 prompts dropped, prompt > data.max_prompt_tokens=24 tokens: lines 2, 4" in caplog.text
 
 

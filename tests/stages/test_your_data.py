@@ -299,3 +299,23 @@ def test_the_prompted_baseline_puts_its_shots_before_each_prompt():
     assert template == "{prompt}\n" and [m["content"] for m in prompts[0]] == ["s", "a", "A", "b", "B", "q"]
     prompts, template = few_shot(demos, ["q"], "{prompt}\n")  # string prompts: the shots in the template
     assert prompts == ["q"] and template.format(prompt="q") == "a\nA\nq\n"
+
+
+def test_drop_invalid_skips_what_breaks_the_schema_and_counts_it(chat, tmp_path, caplog):
+    """Real preference sets hold a few broken pairs (HH has identical chosen and rejected): by
+    default they stop the load naming the row; data.drop_invalid=true trains on the rest."""
+    rng = random.Random(0)
+    rows = [_example(rng, "implicit", True) for _ in range(40)]
+    rows[3]["rejected"] = rows[3]["chosen"]  # the same answer twice
+    rows[7]["rejected"] = rows[7]["chosen"][:1] + [{"role": "user", "content": "and?"}]  # no assistant answer
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "hh.parquet"))
+    ov = stage_overrides("rm", chat, tmp_path / "hh.parquet", tmp_path / "hh.parquet", tmp_path / "out")
+    with pytest.raises(DataError, match=r"hh.parquet \(split train\) row 3: 'chosen' and 'rejected' are the same "
+                                        r"conversation .*data.drop_invalid=true"):
+        train(make_config(ov))
+    with caplog.at_level("WARNING", logger="rlhf.data"):
+        train(make_config([*ov, "data.drop_invalid=true"]))
+    counts = json.loads((tmp_path / "out" / "t" / "rm" / "final" / "rlhf.json").read_text())["data_counts"]["train"]
+    assert counts["kept"] == 38 and counts["dropped_invalid"] == 2
+    assert "2 of 40 records dropped, not valid comparison records (data.drop_invalid): row 3: " in caplog.text
+    assert "row 7: 'rejected' must be one assistant message, got roles ['user']" in caplog.text

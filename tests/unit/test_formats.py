@@ -120,6 +120,8 @@ def test_trl_formats_are_read_as_each_kind_needs(kind, rec, want):
 @pytest.mark.parametrize("kind,rec,msg", [
     ("comparison", {"chosen": "yes", "rejected": "no"}, "share no beginning, so no prompt can be extracted"),
     ("comparison", {"chosen": A, "rejected": B}, "share no first message"),
+    ("comparison", {"chosen": U + A, "rejected": U + A}, "are the same conversation"),
+    ("comparison", {"chosen": U, "rejected": U + B}, "'chosen' ends where the shared prompt ends"),
     ("comparison", {"prompt": U, "chosen": A + U + A, "rejected": B}, "'chosen' must be one assistant message, got roles"),
     ("comparison", {"prompt": U, "chosen": U, "rejected": B}, "'chosen' must be one assistant message"),
     ("comparison", {"chosen": U + A, "rejected": "hi"}, "must both be strings or both message lists"),
