@@ -3,7 +3,8 @@
 ``data.files.<key>`` is a path, or ``{path, split, subset, columns}``:
 
 - a ``.jsonl`` path (no split or subset): read line by line here, errors name ``file:line``;
-- a local parquet / arrow / json / csv file: ``load_dataset(<format>, data_files=path, split=split)``;
+- a local parquet / arrow / json / csv file (or .gz, .bz2, .xz, .zst of one):
+  ``load_dataset(<format>, data_files=path, split=split)``;
 - a directory written by ``save_to_disk``: ``load_from_disk`` (then its ``split``);
 - any other directory, or a hub id: ``load_dataset(path, name=subset, split=split)``.
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 SPEC_KEYS = ("path", "split", "subset", "columns")
 
 
@@ -74,7 +76,7 @@ class Source:
 
 
 def _looks_local(path: str) -> bool:
-    return path.startswith(("/", "./", "../", "~")) or Path(path).suffix in SUFFIXES
+    return path.startswith(("/", "./", "../", "~")) or Path(path).suffix in (*SUFFIXES, *COMPRESSED)
 
 
 def load(src: Source):
@@ -86,9 +88,11 @@ def load(src: Source):
         if path.is_file():
             if src.subset:
                 raise DataError(f"{src}: 'subset' applies to hub datasets and dataset directories, not to a file")
-            if path.suffix not in SUFFIXES:
-                raise DataError(f"{src}: unknown file type {path.suffix!r}; expected one of {sorted(SUFFIXES)}")
-            return datasets.load_dataset(SUFFIXES[path.suffix], data_files=str(path), split=split)
+            kind = Path(path.stem).suffix if path.suffix in COMPRESSED else path.suffix  # x.jsonl.gz: json
+            if kind not in SUFFIXES:
+                raise DataError(f"{src}: unknown file type {path.suffix!r}; expected one of {sorted(SUFFIXES)}, "
+                                f"optionally compressed ({', '.join(COMPRESSED)})")
+            return datasets.load_dataset(SUFFIXES[kind], data_files=str(path), split=split)
         if path.is_dir() and any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):

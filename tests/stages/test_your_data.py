@@ -2,6 +2,7 @@
 datasets and as JSONL, through SFT, RM and PPO on a tiny Llama whose tokenizer has a chat template."""
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
@@ -204,6 +205,10 @@ def test_a_dataset_spec_picks_split_subset_free_columns_and_names_bad_rows(tmp_p
             str(tmp_path / "ranked" / f"{split}.parquet"))
     assert len(read_jsonl(Source.of({"path": str(tmp_path / "ranked"), "split": "validation"}), "comparison")) == 3
     assert len(read_jsonl(str(tmp_path / "ranked"), "comparison")) == 6
+    gz = tmp_path / "rows.jsonl.gz"  # compressed JSON lines go through datasets' json reader
+    with gzip.open(gz, "wt") as f:
+        f.write('{"prompt": "p0"}\n{"prompt": "p1"}\n')
+    assert [r["prompt"] for r in read_jsonl(str(gz), "prompt")] == ["p0", "p1"]
     with pytest.raises(DataError, match="nope.parquet.*no such file or directory"):
         read_jsonl(str(tmp_path / "nope.parquet"), "prompt")
 
