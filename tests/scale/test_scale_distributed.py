@@ -122,3 +122,28 @@ def test_generation_gathers_the_sharded_policy_once_per_rollout(tiny_models, tmp
     assert r["same_tokens"] and r["resharded"] and r["training_after"]
     assert r["all_gathers_gathered"] == r["units"]  # once per FSDP unit for the whole generation
     assert r["all_gathers_plain"] > 4 * r["units"]  # without it: every block at every token
+
+
+def test_ppo_with_lora_under_fsdp2_resumed_equals_ddp(ppo_overrides, tmp_path):
+    """LoRA PPO-ptx with one sharded base for policy and reference and one for value model and RM
+    (adapters off through a View), the EMA as a second adapter, stopped after 1 iteration and
+    resumed from a checkpoint of adapters only, against 2 iterations of DDP."""
+    ppo = [*ppo_overrides, *TWO_CPUS, f"output_root={tmp_path}", "stage.save_every_n_steps=1", "model.lora.r=4",
+           "stage.eval_every=0"]
+    run_cli([*ppo, "strategy=ddp", "run_name=ddp", "trainer.max_steps=2"])
+    run_cli([*ppo, "strategy=fsdp2", "run_name=fsdp2", "trainer.max_steps=1"])
+    ddp, fsdp2 = tmp_path / "ddp" / "ppo", tmp_path / "fsdp2" / "ppo"
+    ckpt = torch.load(fsdp2 / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["state_dict"] and all(".lora_" in k or "modules_to_save" in k for k in ckpt["state_dict"])
+    (fsdp2 / "final" / "rlhf.json").unlink()  # as if killed after iteration 1
+    assert "resuming ppo from" in run_cli([*ppo, "strategy=fsdp2", "run_name=fsdp2", "trainer.max_steps=2"])
+    assert max_diff(weights(ddp / "final"), weights(fsdp2 / "final")) < 1e-6  # the merged EMA policy
+    adapters = [load_file(d / "final" / "adapter" / "adapter_model.safetensors") for d in (ddp, fsdp2)]
+    assert max_diff(*adapters) < 1e-6
+    rows = {d: train_rows(d) for d in (ddp, fsdp2)}
+    for key in ("train/ptx_loss", "train/policy_grad_norm", "train/value_loss", "train/score", "train/kl"):
+        assert [float(r[key]) for r in rows[ddp]] == pytest.approx([float(r[key]) for r in rows[fsdp2]],
+                                                                    rel=1e-4, abs=1e-6), key  # kl: near 0
+    assert float(rows[fsdp2][0]["train/kl"]) == 0  # iteration 0: the policy is its reference, adapters off
+    assert float(rows[fsdp2][1]["train/kl"]) != 0
+    AutoModelForCausalLM.from_pretrained(fsdp2 / "final")
