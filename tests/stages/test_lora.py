@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 import signal
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from conftest import make_config, tiny_sft_and_rm
+from conftest import Crash, make_config, tiny_sft_and_rm
 from rlhf.data.formats import write_jsonl
 from rlhf.models.lora import View, is_adapter_weight, viewing
 from rlhf.models.reward import load_reward_model, sequence_rewards
@@ -42,6 +43,7 @@ def runs(toy_data, tmp_path_factory) -> dict:
     ov = ["data=files", *(f"data.files.{k}={v}" for k, v in files.items()), "model.vocab_size=300",
           "trainer.enable_progress_bar=false", "stage.batch_size=16"]
     base = tiny_sft_and_rm(toy_data, root / "base", ov)
+    (root / "judge.py").write_text("def prefer(prompt, a, b):\n    return 0.5 + 0.5 * (len(a) > len(b))\n")
     run = [*ov, *LORA, f"output_root={root}", "run_name=lora"]
     out = {"root": root, "overrides": run, "base": base}
     for stage, extra in (("sft", [f"init={base['sft']}", "debug=fast"]),
@@ -50,9 +52,11 @@ def runs(toy_data, tmp_path_factory) -> dict:
                                   f"data.files.prompts_ppo={base['prompts']}", "stage.batch_size=8",
                                   "stage.minibatch_size=4", "stage.max_new_tokens=8", "trainer.max_steps=3",
                                   "stage.save_every_n_steps=1", "stage.optim.warmup_iterations=0",
-                                  "stage.eval_every=0", "stage.optim.lr=1e-3"])):
+                                  "stage.optim.lr=1e-3", f"data.files.prompts_val={base['prompts']}",
+                                  "stage.max_eval_prompts=4", "stage.eval_every=1", "judge=custom",
+                                  f"judge.target={root / 'judge.py'}:prefer"])):  # candidates: merged views
         out[stage] = train(make_config([*run, f"stage={stage}", *extra]))[1]
-        out[stage]["final"] = root / "lora" / stage / "final"
+        out[stage].update(final=root / "lora" / stage / "final", overrides=[*run, f"stage={stage}", *extra])
     return out
 
 
@@ -105,9 +109,11 @@ def test_ppo_holds_one_base_for_policy_and_reference_and_one_for_value_and_rm(ru
         with viewing(module.reward_model):
             torch.testing.assert_close(sequence_rewards(module.reward_model, *IDS), sequence_rewards(rm, *IDS),
                                        atol=1e-5, rtol=1e-5)
-    final = ppo["final"]  # the EMA adapter merged into SFT, and the adapter beside it
+    final = ppo["final"]  # the judge's pick of the candidates: the EMA adapter merged into SFT, the adapter beside
+    assert all((c / "adapter" / "adapter_model.safetensors").is_file() for c in (final.parent / "candidates").iterdir())
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(runs["sft"]["final"]), final / "adapter")
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(final)), logits(adapted), atol=1e-5, rtol=1e-5)
+    plain = AutoModelForCausalLM.from_pretrained(final)
+    torch.testing.assert_close(logits(plain), logits(adapted), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logits(adapted), logits(sft), atol=1e-4)  # PPO moved it
     ckpt = torch.load(runs["root"] / "lora" / "ppo" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["state_dict"] and all(".lora_" in k or "modules_to_save" in k for k in ckpt["state_dict"])
@@ -129,3 +135,19 @@ def test_lora_sft_killed_at_a_random_step_resumes_to_the_weights_of_an_uninterru
     whole, killed = (load_file(runs["root"] / d / "sft" / "final" / "adapter" / "adapter_model.safetensors")
                      for d in ("whole", "killed"))
     assert whole.keys() == killed.keys() and all(torch.equal(whole[k], killed[k]) for k in whole)
+
+
+def test_lora_ppo_crashed_after_a_checkpoint_resumes_to_the_same_exported_policy(runs):
+    """Adapters, their EMA (and its update count), both optimizers and the KL controller come
+    back from a last.ckpt that holds no base weights."""
+    base = [*runs["ppo"]["overrides"], "run_name=crashed"]
+    with pytest.raises(RuntimeError, match="crash"):
+        train(make_config(base), callbacks=[Crash(at=2)])
+    starts = []
+
+    class Start(pl.Callback):
+        def on_train_start(self, trainer, module):
+            starts.append(trainer.global_step)
+    _, objs = train(make_config(base), callbacks=[Start()])
+    assert starts == [2] and objs["trainer"].global_step == 3
+    assert_same_weights(runs["ppo"]["final"], runs["root"] / "crashed" / "ppo" / "final")
