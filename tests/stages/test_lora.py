@@ -77,6 +77,8 @@ def test_sft_trains_only_adapters_and_its_merged_final_is_base_plus_adapter(runs
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(init), final / "adapter")
     torch.testing.assert_close(logits(plain), logits(adapted), atol=1e-5, rtol=1e-5)
     assert (final / "adapter" / "adapter_config.json").is_file()
+    epoch = load_file(final.parent / "epochs" / "epoch_0" / "model.safetensors")  # per-epoch exports merged too
+    assert epoch.keys() == a.keys() and (final.parent / "epochs" / "epoch_0" / "adapter").is_dir()
     ckpt = torch.load(runs["root"] / "lora" / "sft" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["state_dict"] and all(".lora_" in k for k in ckpt["state_dict"])  # no base weights
 
