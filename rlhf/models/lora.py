@@ -125,6 +125,8 @@ class View:
         return self._stack.pop().__exit__(*exc)
 
     def __getattr__(self, name: str):
+        if name == "model":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
         return getattr(self.model, name)
 
     def train(self, mode: bool = True) -> "View":
