@@ -108,7 +108,7 @@ def test_every_schema_key_is_read_somewhere(node):
     yaml = "\n".join(p.read_text() for p in Path(CONF_DIR).rglob("*.yaml"))
     unread = [f.name for f in dataclasses.fields(node)  # attribute, key, or a parameter of the function given the node
               if not re.search(rf"(\.{f.name}\b|[\"']{f.name}[\"']|def \w+\([^)]*\b{f.name}\b)", code)
-              and not re.search(rf"\${{[^}}]*\b{f.name}}}", yaml)]  # read through an interpolation
+              and not re.search(rf"\${{[^}}]*\b{f.name}\b[^}}]*}}", yaml)]  # read through an interpolation
     assert not unread, f"{node.__name__}: {unread}"
 
 
@@ -157,7 +157,8 @@ def test_every_key_in_every_yaml_is_in_its_schema(group, option):
     says which file and key when it does not)."""
     raw = OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")
     node = _schema_of(group, option, raw)
-    assert f"/schema/{group}/" in str(raw.defaults[0] if "defaults" in raw else "") or group == "trainer" and option != "default"
+    first = str(raw.defaults[0] if "defaults" in raw else "")  # the schema, or an option it extends (data=dataset)
+    assert f"/schema/{group}/" in first or first in options(group) or group == "trainer" and option != "default"
 
     def walk(cfg, schema_cls, path):
         fields = {f.name: f for f in dataclasses.fields(schema_cls)}

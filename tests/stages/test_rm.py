@@ -108,7 +108,7 @@ def test_score_command(rm, tmp_path):
     assert [r["id"] for r in out] == [0, 1, 2]
     assert all(r["reward"] == pytest.approx(gain * r["raw_reward"] + bias) for r in out)
     (tmp_path / "bad.jsonl").write_text('{"prompt": "p", "response": "r"}\n{"prompt": "p"}\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: 'response'"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing key 'response'"):
         score_main([final, str(tmp_path / "bad.jsonl"), str(tmp_path / "o.jsonl")])
 
 
