@@ -121,10 +121,11 @@ def test_every_schema_key_is_read_somewhere(node):
                                        ("stage.name=../x", "stage.name=../x: must be one directory name"),
                                        ("run_name=/abs", "run_name=/abs: must be a relative path"),
                                        ("stage.iterations=null", "stage.iterations=null runs until trainer.max_steps"),
-                                       ("ptx.coef=1", "ptx.coef=1.0 needs ptx.examples_per_episode > 0")])
+                                       ("ptx.coef=1", "ptx.coef=1.0 needs ptx.examples_per_episode > 0"),
+                                       ("model.lora.r=8 stage.ensemble=[a]", "model.lora.r=8 with stage.ensemble")])
 def test_rlhf_train_checks_every_value_before_it_writes_anything(tmp_path, bad, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
-        train(make_config(["stage=ppo", f"output_root={tmp_path}", bad]))
+        train(make_config(["stage=ppo", f"output_root={tmp_path}", *bad.split(" ")]))
     assert not any(tmp_path.iterdir())
 
 

@@ -104,6 +104,9 @@ def _ppo_problems(cfg: DictConfig) -> list[str]:
         out.append("stage.iterations=null runs until trainer.max_steps, which is not set")
     if cfg.ptx.coef > 0 and cfg.ptx.examples_per_episode <= 0:
         out.append(f"ptx.coef={cfg.ptx.coef} needs ptx.examples_per_episode > 0")
+    if cfg.model.get("lora") and cfg.model.lora.r and st.ensemble:  # checked here: before a pipeline runs
+        out.append(f"model.lora.r={cfg.model.lora.r} with stage.ensemble (rm_ensemble) is not supported: the value "
+                   "model is an adapter on stage.reward_model, and the other members would be whole copies")
     return out
 
 

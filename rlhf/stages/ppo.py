@@ -86,9 +86,6 @@ def setup(cfg: DictConfig, sdir: Path):
     policy = adapt(build_causal_lm(cfg, tok), cfg)  # model.lora.r > 0: + a LoRA adapter, the base frozen
     members = [load_reward_model(p, key=k) for k, p in others if k != "stage.reference"]
     lora = has_adapters(policy)  # then the reference is the policy, the RM the value model, adapters off
-    if lora and st.ensemble:
-        raise ValueError("model.lora with stage.ensemble is not supported: the value model is an adapter on "
-                         "stage.reward_model, and the other members would be whole copies; train without one")
     rm = members[0] if len(members) == 1 else torch.nn.ModuleList(members)  # an ensemble: conservative reward
     reference = policy if lora else copy.deepcopy(policy)
     if st.reference:  # a later round of iterated RLHF: the policy continues, the KL stays to SFT
