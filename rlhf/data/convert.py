@@ -126,6 +126,22 @@ def extract_prompt(rec: dict) -> str | None:
     return "'chosen' and 'rejected' must both be strings or both message lists"
 
 
+def conversations_hold_prompt(rec: dict) -> None:
+    """``chosen`` and ``rejected`` given as whole conversations beside a ``prompt`` column (as in
+    UltraFeedback binarized): a string prompt is then read from the conversations instead (as TRL
+    does); a message-list prompt they begin with is cut from their start."""
+    chosen, rejected, prompt = rec.get("chosen"), rec.get("rejected"), rec.get("prompt")
+    if check_messages(chosen, "chosen") or check_messages(rejected, "rejected"):
+        return  # not two conversations: the checks that follow say what is wrong
+    if isinstance(prompt, str) and any(m["role"] != "assistant" for m in chosen + rejected):
+        del rec["prompt"]  # extract_prompt finds it in the conversations
+    elif isinstance(prompt, list) and not check_messages(prompt, "prompt"):
+        n = len(prompt)
+        for key in ("chosen", "rejected"):
+            if len(rec[key]) > n and clean_messages(rec[key][:n]) == clean_messages(prompt):
+                rec[key] = rec[key][n:]
+
+
 def best_completion(rec: dict) -> None:
     """A checked comparison -> a demonstration of its best-ranked completion."""
     best = rec["completions"][rec["ranking"][0]]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from rlhf.data.convert import (best_completion, check_messages, check_prompt, clean_messages, completion_text,
-                               extract_prompt, split_conversation)
+                               conversations_hold_prompt, extract_prompt, split_conversation)
 from rlhf.data.hf import DataError, Source, rows
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def _check_comparison(rec: dict) -> str | None:
         for key in ("chosen", "rejected"):
             if key not in rec:
                 return f"missing key {key!r}"
+        conversations_hold_prompt(rec)
         if "prompt" not in rec and (err := extract_prompt(rec)):
             return err
         if err := check_prompt(rec) or _completions(rec):

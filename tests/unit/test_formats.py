@@ -99,6 +99,11 @@ B = [{"role": "assistant", "content": "go away"}]
     ("comparison", {"chosen": U + A, "rejected": U + B}, {"prompt": U, "completions": ["hello", "go away"], "ranking": [0, 1]}),
     ("comparison", {"prompt": U, "completions": [A, B], "ranking": [1, 0]},
      {"prompt": U, "completions": ["hello", "go away"], "ranking": [1, 0]}),
+    # whole conversations beside a prompt column (UltraFeedback binarized): the prompt comes from them
+    ("comparison", {"prompt": "hi", "chosen": U + A, "rejected": U + B},
+     {"prompt": U, "completions": ["hello", "go away"], "ranking": [0, 1]}),
+    ("comparison", {"prompt": U, "chosen": U + A, "rejected": B},
+     {"prompt": U, "completions": ["hello", "go away"], "ranking": [0, 1]}),
     # SFT takes the best-ranked completion, or a conversation's last assistant turn
     ("demonstration", {"prompt": "p", "completions": ["a", "b", "c"], "ranking": [2, 0, 1]}, {"prompt": "p", "completion": "c"}),
     ("demonstration", {"prompt": U, "chosen": A, "rejected": B}, {"prompt": U, "completion": "hello"}),
