@@ -124,6 +124,7 @@ def test_generation_gathers_the_sharded_policy_once_per_rollout(tiny_models, tmp
     assert r["all_gathers_plain"] > 4 * r["units"]  # without it: every block at every token
 
 
+@pytest.mark.slow  # ~55 s: three 2-process runs; test_lora.py covers LoRA PPO's resume in one process
 def test_ppo_with_lora_under_fsdp2_resumed_equals_ddp(ppo_overrides, tmp_path):
     """LoRA PPO-ptx with one sharded base for policy and reference and one for value model and RM
     (adapters off through a View), the EMA as a second adapter, stopped after 1 iteration and

@@ -122,6 +122,7 @@ def test_ppo_holds_one_base_for_policy_and_reference_and_one_for_value_and_rm(ru
     assert ckpt["lora_ema"]["updates"] == 3 * 2  # 2 policy steps per iteration
 
 
+@pytest.mark.slow  # ~17 s; the LoRA PPO resume test stays in the default run
 def test_lora_sft_killed_at_a_random_step_resumes_to_the_weights_of_an_uninterrupted_run(runs):
     base = [*runs["overrides"], "stage=sft", f"init={runs['base']['sft']}", *LM]
     train(make_config([*base, "run_name=whole"]))

@@ -121,8 +121,19 @@ CASES = [(s, f, c, k) for s, fs in STAGE_FORMATS.items() for f in fs for c in (F
          if c or (s, f) != ("ppo", "text")]
 
 
+# the default run takes one of each (stage, format), alternating the variants; -m slow runs all four
+FIRST = {(s, f): (f == "text" and s == "ppo") or i % 2 == 0 for i, (s, f) in enumerate(dict.fromkeys(c[:2] for c in CASES))}
+
+
+def _marks(case) -> tuple:
+    stage, fmt, conversational, kind = case
+    default = conversational == FIRST[stage, fmt] and (kind == "parquet") == conversational
+    return () if default else (pytest.mark.slow,)
+
+
 @pytest.mark.parametrize("stage,fmt,conversational,kind", [
-    pytest.param(*case, id=f"{case[0]}-{case[1]}-{'conv' if case[2] else 'std'}-{case[3]}") for case in CASES])
+    pytest.param(*case, marks=_marks(case), id=f"{case[0]}-{case[1]}-{'conv' if case[2] else 'std'}-{case[3]}")
+    for case in CASES])
 def test_each_format_trains_each_stage_that_can_use_it(chat, tmp_path, stage, fmt, conversational, kind):
     train_file = write_dataset(tmp_path, fmt, conversational, kind, n=48, seed=0)
     val_file = write_dataset(tmp_path, fmt, conversational, kind, n=16, seed=1)
