@@ -131,7 +131,7 @@ def test_trl_formats_are_read_as_each_kind_needs(kind, rec, want):
     ("comparison", {"prompt": U, "chosen": U, "rejected": B}, "'chosen' must be one assistant message"),
     ("comparison", {"chosen": U + A, "rejected": "hi"}, "must both be strings or both message lists"),
     ("comparison", {"prompt": "p", "completion": "c"}, "a reward model needs rankings"),
-    ("prompt", {"prompt": [{"role": "robot", "content": "x"}]}, "has role 'robot'"),
+    ("prompt", {"prompt": [{"role": None, "content": "x"}]}, "message 0: 'role' must be a non-empty string"),
     ("prompt", {"prompt": [{"role": "user", "content": [{"type": "text"}]}]}, "'content' must be a string"),
     ("prompt", {"text": "t"}, "missing key 'prompt'"),
     ("demonstration", {"messages": A}, "needs a turn before an assistant turn"),
