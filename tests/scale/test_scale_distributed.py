@@ -60,6 +60,7 @@ def test_blocks_are_the_models_no_split_modules(tiny_models):
     assert block_classes(module) == {LlamaDecoderLayer}
 
 
+@pytest.mark.slow  # ~40 s; test_ppo_ptx_under_fsdp2_resumed_equals_ddp keeps FSDP2 in the default run
 def test_sft_under_fsdp2_equals_ddp_and_exports_whole_models(tiny_models, data_overrides, tmp_path):
     sft = [*data_overrides, *TWO_CPUS, f"output_root={tmp_path}", "stage=sft", f"init={tiny_models['sft']}",
            "stage.epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "stage.batch_size=8",

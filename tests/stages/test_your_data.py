@@ -224,6 +224,7 @@ def test_a_dataset_spec_picks_split_subset_free_columns_and_names_bad_rows(tmp_p
         read_jsonl(str(tmp_path / "nope.parquet"), "prompt")
 
 
+@pytest.mark.slow  # whole pipelines; each stage's use of each format runs by default
 def test_one_pipeline_command_goes_from_a_preference_dataset_to_a_policy(chat, tmp_path):
     """HH's shape (implicit-prompt conversations) in a dataset directory with train and test splits:
     SFT on the chosen answers, the RM on the pairs, PPO on the prompts, all from the one dataset."""
@@ -272,6 +273,7 @@ def test_a_files_key_takes_a_path_or_a_dataset_spec_on_the_command_line():
     assert Source.of(cfg.data.files.sft_val) == Source("d.parquet", None, None, (("prompt", "question"),))
 
 
+@pytest.mark.slow  # whole pipelines; each stage's use of each format runs by default
 def test_demonstrations_and_a_labeler_run_the_papers_loop_in_one_pipeline_command(chat, tmp_path):
     """prompt + completion data (conversational parquet) and your labeler: SFT, collect, RM, PPO."""
     demos = {s: write_dataset(tmp_path, "prompt_completion", True, "parquet", n=n, seed=i)
