@@ -188,6 +188,11 @@ class ResumeCheckpoint(pl.Callback):
         self._saved_at = time.monotonic()
         if trainer.global_step:
             self._saved_step = trainer.global_step  # the checkpoint it resumed from
+        if threading.current_thread() is threading.main_thread():
+            # Lightning put its own SIGTERM handler over ours after setup: it would stop the run after
+            # an epoch's last batch and validation, before on_train_epoch_end saves that epoch
+            for s in SIGNALS:
+                signal.signal(s, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
         log.warning("stage %s received %s: saving last.ckpt at the next step boundary", self.stage,

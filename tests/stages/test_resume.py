@@ -221,3 +221,27 @@ def test_sigterm_saves_the_step_it_was_at_and_the_rerun_loses_none(setup):
     assert step == trained + 1 and 10 <= step < 200, (step, trained)  # the last step trained is the one saved
     train(make_config([*base, "run_name=term"]))
     assert_same_weights(setup["root"] / "whole_term" / "sft" / "final", sdir / "final")
+
+
+class Term(pl.Callback):
+    """Sends this process SIGTERM in the middle of the batch of step ``at`` (after its backward)."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_after_backward(self, trainer, module):
+        if trainer.global_step == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("at", [14, 19])  # mid-epoch, and an epoch's last batch (10 steps per epoch)
+def test_sigterm_at_any_batch_saves_the_step_after_it(setup, at):
+    """An epoch's last batch defers its checkpoint to the epoch's end (after validation and
+    exports); Lightning's own SIGTERM stop must not end the run before that checkpoint."""
+    base = [*stage_overrides(setup, "sft"), "stage.save_every_n_steps=null", "stage.epochs=3", f"run_name=term{at}"]
+    with pytest.raises(SystemExit) as e:
+        train(make_config(base), callbacks=[Term(at)])
+    sdir = setup["root"] / f"term{at}" / "sft"
+    trained = max(int(r["step"]) for r in metrics_rows(sdir) if r.get("train/loss"))
+    assert e.value.code == 128 + signal.SIGTERM and trained == at  # the batch it came in finished
+    assert ckpt_step(sdir) == at + 1  # and is the last one saved
