@@ -60,7 +60,7 @@ def test_blocks_are_the_models_no_split_modules(tiny_models):
     assert block_classes(module) == {LlamaDecoderLayer}
 
 
-@pytest.mark.slow  # ~40 s; test_ppo_ptx_under_fsdp2_resumed_equals_ddp keeps FSDP2 in the default run
+@pytest.mark.slow  # ~40 s: three 2-process end-to-end runs are too long for the default run
 def test_sft_under_fsdp2_equals_ddp_and_exports_whole_models(tiny_models, data_overrides, tmp_path):
     sft = [*data_overrides, *TWO_CPUS, f"output_root={tmp_path}", "stage=sft", f"init={tiny_models['sft']}",
            "stage.epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "stage.batch_size=8",
@@ -94,6 +94,7 @@ def test_fsdp1_on_cpu_equals_ddp_for_sft(tiny_models, data_overrides, tmp_path):
     assert max_diff(weights(fsdp / "epochs" / "epoch_0"), weights(fsdp / "final")) == 0
 
 
+@pytest.mark.slow  # ~55 s; the default run keeps FSDP2's gathered generation on 2 processes
 def test_ppo_ptx_under_fsdp2_resumed_equals_ddp(ppo_overrides, tmp_path):
     """PPO-ptx with all five models sharded (policy, value, frozen reference and RM, EMA) and
     generation from the gathered policy, stopped after 1 iteration and resumed, against 2

@@ -205,6 +205,7 @@ def test_a_truncated_checkpoint_is_named_before_anything_runs(setup):
     assert (ckpt.parent.parent / "final" / "rlhf.json").is_file()
 
 
+@pytest.mark.slow  # ~22 s: a real process and its rerun; the in-process SIGTERM tests below run by default
 def test_sigterm_saves_the_step_it_was_at_and_the_rerun_loses_none(setup):
     """Default cadence (no step checkpoints): the checkpoint comes from the signal itself."""
     base = [*stage_overrides(setup, "sft"), "stage.save_every_n_steps=null", "stage.epochs=20"]
