@@ -60,7 +60,7 @@ def test_blocks_are_the_models_no_split_modules(tiny_models):
     assert block_classes(module) == {LlamaDecoderLayer}
 
 
-@pytest.mark.slow  # ~40 s: three 2-process end-to-end runs are too long for the default run
+@pytest.mark.slow  # ~40 s: two 2-process end-to-end runs, too long for the default run
 def test_sft_under_fsdp2_equals_ddp_and_exports_whole_models(tiny_models, data_overrides, tmp_path):
     sft = [*data_overrides, *TWO_CPUS, f"output_root={tmp_path}", "stage=sft", f"init={tiny_models['sft']}",
            "stage.epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "stage.batch_size=8",
