@@ -213,6 +213,19 @@ def restore_base_weights(module: nn.Module, checkpoint: dict, *prefixes: str) ->
                                          if k.startswith(prefixes) and not is_adapter_weight(k)})
 
 
+class AdapterCheckpoint:
+    """LightningModule hooks for a stage that trains ``self.model``: under LoRA its checkpoint
+    holds the adapters (and a head trained whole), and the frozen base reloads from ``init``."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):
+            drop_base_weights(checkpoint, "model.")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if has_adapters(self.model):
+            restore_base_weights(self, checkpoint, "model.")
+
+
 def copy_adapters(src: nn.Module, dst: nn.Module) -> nn.Module:
     """``dst``, a fresh model of ``src``'s class (on the meta device, say), with ``src``'s adapters:
     a full state dict of ``src`` then loads into it (``rlhf.distributed`` gathers sharded models so)."""

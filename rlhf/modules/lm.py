@@ -10,7 +10,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from rlhf.algos.lm_loss import IGNORE, lm_loss
 from rlhf.distributed import clip_gradients, is_sharded, shard
 from rlhf.models.attention import model_mask
-from rlhf.models.lora import drop_base_weights, has_adapters, restore_base_weights
+from rlhf.models.lora import AdapterCheckpoint, has_adapters
 
 
 def adamw_cosine(module: pl.LightningModule, params, opt_cfg) -> dict:
@@ -37,7 +37,7 @@ def lm_logits(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
-class LMModule(pl.LightningModule):
+class LMModule(AdapterCheckpoint, pl.LightningModule):
     """``stage=pretrain`` (loss on every token) and ``stage=sft`` (loss on completion tokens)."""
 
     def __init__(self, model, optim_cfg):
@@ -73,11 +73,3 @@ class LMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return adamw_cosine(self, trainable(self.model), self.optim_cfg)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if has_adapters(self.model):  # LoRA: the frozen base reloads from init
-            drop_base_weights(checkpoint, "model.")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if has_adapters(self.model):
-            restore_base_weights(self, checkpoint, "model.")

@@ -8,7 +8,7 @@ from torchmetrics import MeanMetric, Metric
 from rlhf.algos.ranking import kway_ranking_loss
 from rlhf.distributed import clip_gradients, is_sharded, shard
 from rlhf.models.reward import completion_rewards
-from rlhf.models.lora import drop_base_weights, has_adapters, restore_base_weights
+from rlhf.models.lora import AdapterCheckpoint, has_adapters
 from rlhf.modules.lm import adamw_cosine, trainable
 
 
@@ -49,7 +49,7 @@ class RewardStd(Metric):
         return (self.sumsq / self.n.clamp(min=1) - mean * mean).clamp(min=0).sqrt().float()
 
 
-class RewardModule(pl.LightningModule):
+class RewardModule(AdapterCheckpoint, pl.LightningModule):
     """``stage=rm``: scores each completion once and applies ``kway_ranking_loss`` per prompt.
 
     ``normalize`` is what ``rlhf.stages.rm.export`` needs to set the bias after training
@@ -105,11 +105,3 @@ class RewardModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return adamw_cosine(self, trainable(self.model), self.optim_cfg)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if has_adapters(self.model):  # LoRA: the frozen base reloads from init
-            drop_base_weights(checkpoint, "model.")
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if has_adapters(self.model):
-            restore_base_weights(self, checkpoint, "model.")
